@@ -1,0 +1,615 @@
+"""Train, freeze named groups, recompile, fine-tune, and check the freeze."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from transferkit.class_subset import ClassSubset
+from transferkit.layer_group import LayerGroup
+
+__all__ = ["PhaseResult", "TransferRun"]
+
+OptimizerSpec = Union[
+    str, keras.optimizers.Optimizer, Callable[[], keras.optimizers.Optimizer]
+]
+"""An optimizer name, an optimizer to copy, or a factory of new ones."""
+
+Data = Union[ClassSubset, tuple, tf.data.Dataset]
+"""A `ClassSubset`, an `(x, y)` tuple of arrays, or a batched
+`tf.data.Dataset` of `(x, y)`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseResult:
+    """What one phase of a `TransferRun` did, measured and checked."""
+
+    name: str
+    """The phase's name, unique within its run (`"train"`, `"fine_tune"`)."""
+
+    epochs: int
+    """Epochs the phase trained for."""
+
+    train_samples: int | None
+    """Training samples per epoch; `None` for a `tf.data.Dataset`."""
+
+    seconds: float
+    """Wall-clock seconds of the whole phase: compile, fit and checks."""
+
+    history: dict[str, list[float]]
+    """Per-epoch values from Keras' `History`, e.g. `{"loss": [...],
+    "val_accuracy": [...]}`."""
+
+    metrics: dict[str, float]
+    """Final validation metrics, without the `val_` prefix, e.g.
+    `{"loss": 0.03, "accuracy": 0.99}`; empty without validation data."""
+
+    trainable_params: int
+    """Parameters the optimizer updated in this phase."""
+
+    non_trainable_params: int
+    """Parameters held fixed in this phase (frozen layers, BatchNorm
+    statistics)."""
+
+    frozen_groups: tuple[str, ...]
+    """Groups all of whose layers were frozen during the phase."""
+
+    frozen_unchanged: bool | None
+    """Whether every variable of the frozen groups (trainable or not) is
+    bitwise identical after the phase; `None` when no group was frozen."""
+
+    changed_variables: tuple[str, ...] = ()
+    """Paths of frozen variables that changed; empty when none did."""
+
+    classes: tuple[int, ...] | None = None
+    """Original class ids of the training data, when it was a
+    `ClassSubset`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary of the record."""
+        record = dataclasses.asdict(self)
+        for key in ("frozen_groups", "changed_variables", "classes"):
+            if record[key] is not None:
+                record[key] = list(record[key])
+        return record
+
+
+class TransferRun:
+    """Trains a grouped model in phases, freezing groups between them.
+
+    Each phase freezes what it is told to, recompiles the model with a fresh
+    optimizer (Keras fixes the trainable set at `compile()`, and a built
+    optimizer cannot take a different set of variables), fits, and then
+    proves the freeze: every variable of every frozen group, BatchNorm
+    moving statistics included, is compared bitwise with its value before
+    the phase.
+
+    A frozen `BatchNormalization` runs in inference mode, so its statistics
+    stay put. A frozen `Dropout` still drops during training: Dropout has no
+    weights, and `trainable` does not switch it off.
+
+    Args:
+        model: a model composed from `LayerGroup`s (`features + head`), or
+            any Keras model with a `groups` mapping of name to `LayerGroup`.
+        optimizer: the optimizer of every phase: a name such as `"adam"`, an
+            optimizer instance, which is copied from its config for each
+            phase, or a zero-argument factory that returns a new optimizer.
+        loss: a Keras loss. With `"categorical_crossentropy"` (or another
+            categorical loss) integer labels are one-hot encoded to the
+            model's output width.
+        metrics: Keras metrics, e.g. `["accuracy"]`. Defaults to `None`.
+        batch_size: samples per step for array data. Defaults to `32`.
+        jit_compile: passed to `compile()`. Defaults to `False`: measure
+            before enabling XLA; on CPUs it can be slower.
+        verbose: Keras' `fit` verbosity for every phase. Defaults to `"auto"`.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras import layers
+    >>> from transferkit import LayerGroup, TransferRun
+    >>> features = LayerGroup("features", [layers.Dense(8, activation="relu")],
+    ...                       input_shape=(4,))
+    >>> head = LayerGroup("head", [layers.Dense(3, activation="softmax")])
+    >>> run = TransferRun(features + head, optimizer="adam",
+    ...                   loss="sparse_categorical_crossentropy", verbose=0)
+    >>> x, y = np.random.rand(64, 4), np.random.randint(0, 3, 64)
+    >>> first = run.train((x, y), epochs=1)
+    >>> second = run.fine_tune((x, y), freeze=["features"], epochs=1)
+    >>> second.frozen_groups, second.frozen_unchanged
+    (('features',), True)
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        *,
+        optimizer: OptimizerSpec,
+        loss: Any,
+        metrics: Sequence[Any] | None = None,
+        batch_size: int = 32,
+        jit_compile: bool = False,
+        verbose: str | int = "auto",
+    ):
+        groups = getattr(model, "groups", None)
+        if not isinstance(model, keras.Model) or not isinstance(
+            groups, Mapping
+        ):
+            raise TypeError(
+                "Expected a Keras model composed from `LayerGroup`s, e.g. "
+                "`features + classifier`. Received: model of type "
+                f"{type(model).__name__}"
+            )
+        if not groups:
+            raise ValueError(
+                "Expected a model with at least one group. Received a model "
+                "with none."
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+            raise TypeError(
+                "Expected `batch_size` to be a positive integer. Received: "
+                f"batch_size={batch_size!r}"
+            )
+        if batch_size < 1:
+            raise ValueError(
+                "Expected `batch_size` to be a positive integer. Received: "
+                f"batch_size={batch_size}"
+            )
+        _check_optimizer_spec(optimizer, "optimizer")
+        self._model = model
+        self._optimizer = optimizer
+        self._loss = loss
+        self._metrics = list(metrics) if metrics is not None else None
+        self._batch_size = batch_size
+        self._jit_compile = jit_compile
+        self._verbose = verbose
+        self._results: list[PhaseResult] = []
+
+    @property
+    def model(self) -> keras.Model:
+        """The model being trained."""
+        return self._model
+
+    @property
+    def results(self) -> list[PhaseResult]:
+        """One `PhaseResult` per finished phase, in order."""
+        return list(self._results)
+
+    @property
+    def frozen_groups(self) -> tuple[str, ...]:
+        """Names of the groups all of whose layers are frozen now."""
+        return tuple(
+            name
+            for name, group in self._model.groups.items()
+            if not group.trainable
+        )
+
+    def freeze(self, *names: str) -> None:
+        """Freezes the named groups until `unfreeze`.
+
+        Takes effect at the next phase, which recompiles the model.
+
+        Raises:
+            ValueError: if a name is not a group of the model.
+        """
+        for group in self._groups_named(names, "freeze"):
+            group.trainable = False
+
+    def unfreeze(self, *names: str) -> None:
+        """Makes every layer of the named groups trainable again.
+
+        Raises:
+            ValueError: if a name is not a group of the model.
+        """
+        for group in self._groups_named(names, "unfreeze"):
+            group.trainable = True
+
+    def train(
+        self,
+        data: Data,
+        *,
+        epochs: int,
+        validation_data: Data | None = None,
+        name: str | None = None,
+        optimizer: OptimizerSpec | None = None,
+        callbacks: Sequence[keras.callbacks.Callback] | None = None,
+        verbose: str | int | None = None,
+    ) -> PhaseResult:
+        """Runs one phase with the groups frozen as they are now.
+
+        Args:
+            data: training data: a `ClassSubset`, an `(x, y)` tuple of
+                arrays, or a batched `tf.data.Dataset` of `(x, y)`.
+            epochs: epochs to train.
+            validation_data: evaluated after every epoch, in the same forms as
+                `data`; its final metrics land in the result's `metrics`.
+                Defaults to `None`.
+            name: the phase's name. Defaults to `"train"` (with a suffix if
+                the run already has a phase of that name).
+            optimizer: overrides the run's optimizer for this phase only.
+                Defaults to `None` (the run's).
+            callbacks: Keras callbacks for `fit`. Defaults to `None`.
+            verbose: overrides the run's verbosity. Defaults to `None`.
+
+        Returns:
+            The phase's `PhaseResult`, also appended to `results`.
+        """
+        return self._run_phase(
+            "train",
+            data,
+            epochs=epochs,
+            validation_data=validation_data,
+            name=name,
+            optimizer=optimizer,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+
+    def fine_tune(
+        self,
+        data: Data,
+        *,
+        freeze: str | Iterable[str],
+        epochs: int,
+        validation_data: Data | None = None,
+        name: str | None = None,
+        optimizer: OptimizerSpec | None = None,
+        callbacks: Sequence[keras.callbacks.Callback] | None = None,
+        verbose: str | int | None = None,
+    ) -> PhaseResult:
+        """Freezes the named groups, then runs one phase like `train`.
+
+        Groups frozen earlier stay frozen; `unfreeze` releases them.
+
+        Args:
+            data: training data, as for `train`.
+            freeze: the group name, or names, to freeze, e.g.
+                `["features"]`.
+            epochs: epochs to train.
+            validation_data: as for `train`. Defaults to `None`.
+            name: the phase's name. Defaults to `"fine_tune"`.
+            optimizer: as for `train`. Defaults to `None` (the run's).
+            callbacks: as for `train`. Defaults to `None`.
+            verbose: as for `train`. Defaults to `None`.
+
+        Returns:
+            The phase's `PhaseResult`, also appended to `results`.
+
+        Raises:
+            ValueError: if a name is not a group of the model, or nothing
+                would be left to train.
+        """
+        names = (freeze,) if isinstance(freeze, str) else tuple(freeze)
+        groups = self._groups_named(names, "freeze")
+        return self._run_phase(
+            "fine_tune",
+            data,
+            epochs=epochs,
+            validation_data=validation_data,
+            name=name,
+            optimizer=optimizer,
+            callbacks=callbacks,
+            verbose=verbose,
+            freeze=groups,
+        )
+
+    def evaluate(self, data: Data) -> dict[str, float]:
+        """Evaluates the model as last compiled, e.g. on a test set.
+
+        Args:
+            data: as for `train`.
+
+        Returns:
+            A dictionary of metric name to value, e.g. `{"loss": ...,
+            "accuracy": ...}`.
+        """
+        if not getattr(self._model, "compiled", False):
+            raise RuntimeError(
+                "The model has not been compiled yet; run a phase first."
+            )
+        inputs, _, _ = self._fit_inputs(data, "data")
+        return self._model.evaluate(
+            *inputs, batch_size=self._batch_size_for(data), verbose=0,
+            return_dict=True,
+        )
+
+    def _run_phase(
+        self,
+        kind,
+        data,
+        *,
+        epochs,
+        validation_data,
+        name,
+        optimizer,
+        callbacks,
+        verbose,
+        freeze=(),
+    ):
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(
+                "Expected `epochs` to be a positive integer. Received: "
+                f"epochs={epochs!r}"
+            )
+        name = self._phase_name(kind, name)
+        if optimizer is not None:
+            _check_optimizer_spec(optimizer, "optimizer")
+        start = time.perf_counter()
+        inputs, train_samples, classes = self._fit_inputs(data, "data")
+        validation = None
+        if validation_data is not None:
+            validation, _, val_classes = self._fit_inputs(
+                validation_data, "validation_data"
+            )
+            if classes and val_classes and classes != val_classes:
+                raise ValueError(
+                    "The validation data holds other classes than the "
+                    f"training data. Received: classes {classes} for `data` "
+                    f"and {val_classes} for `validation_data`"
+                )
+            validation = tuple(validation)
+
+        previous = {id(g): [layer.trainable for layer in g] for g in freeze}
+        for group in freeze:
+            group.trainable = False
+        if not self._model.trainable_weights:
+            for group in freeze:  # Leave the model as it was.
+                for layer, trainable in zip(group, previous[id(group)]):
+                    layer.trainable = trainable
+            raise ValueError(
+                "Nothing left to train: every layer with weights is frozen "
+                f"(frozen groups: {list(self.frozen_groups)}). Unfreeze a "
+                "group with `run.unfreeze(name)`."
+            )
+        frozen_names = self.frozen_groups
+        frozen = [self._model.groups[n] for n in frozen_names]
+        before = _digest(frozen)
+
+        self._model.compile(
+            optimizer=_fresh_optimizer(optimizer or self._optimizer),
+            loss=self._loss,
+            metrics=self._metrics,
+            jit_compile=self._jit_compile,
+        )
+        history = self._model.fit(
+            *inputs,
+            batch_size=self._batch_size_for(data),
+            epochs=epochs,
+            validation_data=validation,
+            callbacks=list(callbacks) if callbacks else None,
+            verbose=self._verbose if verbose is None else verbose,
+        )
+
+        after = _digest(frozen)
+        changed = tuple(path for path in before if before[path] != after[path])
+        history = {
+            key: [float(value) for value in values]
+            for key, values in history.history.items()
+        }
+        result = PhaseResult(
+            name=name,
+            epochs=epochs,
+            train_samples=train_samples,
+            seconds=time.perf_counter() - start,
+            history=history,
+            metrics={
+                key[len("val_"):]: values[-1]
+                for key, values in history.items()
+                if key.startswith("val_")
+            },
+            trainable_params=_count(self._model.trainable_weights),
+            non_trainable_params=_count(self._model.non_trainable_weights),
+            frozen_groups=frozen_names,
+            frozen_unchanged=(not changed) if frozen else None,
+            changed_variables=changed,
+            classes=classes,
+        )
+        self._results.append(result)
+        return result
+
+    def _phase_name(self, kind, name):
+        taken = {result.name for result in self._results}
+        if name is None:
+            name, suffix = kind, 2
+            while name in taken:
+                name, suffix = f"{kind}_{suffix}", suffix + 1
+            return name
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                "Expected `name` to be a non-empty string. Received: "
+                f"name={name!r}"
+            )
+        if name in taken:
+            raise ValueError(
+                f"The run already has a phase named '{name}'. Phase names "
+                f"must be unique; taken: {sorted(taken)}"
+            )
+        return name
+
+    def _groups_named(self, names, argument) -> list[LayerGroup]:
+        groups = self._model.groups
+        unknown = [n for n in names if n not in groups]
+        if unknown or any(not isinstance(n, str) for n in names):
+            raise ValueError(
+                f"Unknown group {unknown[0]!r}. Expected one of "
+                f"{list(groups)}. Received: {argument}={list(names)}"
+                if unknown and isinstance(unknown[0], str)
+                else f"Expected group names (strings) from {list(groups)}. "
+                f"Received: {argument}={list(names)}"
+            )
+        return [groups[n] for n in names]
+
+    def _batch_size_for(self, data):
+        return None if isinstance(data, tf.data.Dataset) else self._batch_size
+
+    def _fit_inputs(self, data, argument):
+        """`(inputs, train_samples, classes)` for `fit`, labels prepared."""
+        if isinstance(data, tf.data.Dataset):
+            self._ensure_built(data.element_spec[0].shape[1:])
+            return (self._prepare_dataset(data, argument),), None, None
+        if isinstance(data, ClassSubset):
+            x, y, classes = data.x, data.y, data.classes
+        elif isinstance(data, tuple) and len(data) == 2:
+            (x, y), classes = data, None
+        else:
+            raise TypeError(
+                f"Expected `{argument}` to be a ClassSubset, an (x, y) tuple "
+                "or a batched tf.data.Dataset. Received: "
+                f"{type(data).__name__}"
+            )
+        if len(x) != len(y):
+            raise ValueError(
+                f"Expected x and y of the same length in `{argument}`. "
+                f"Received: len(x)={len(x)}, len(y)={len(y)}"
+            )
+        self._ensure_built(tuple(np.shape(x)[1:]))
+        self._check_input_shape(np.shape(x), argument)
+        return (x, self._prepare_labels(np.asarray(y), argument)), len(x), classes
+
+    def _ensure_built(self, sample_shape):
+        if not self._model.built:
+            self._model.build((None,) + tuple(sample_shape))
+
+    def _check_input_shape(self, shape, argument):
+        expected = tuple(self._model.input_shape[1:])
+        received = tuple(shape[1:])
+        if len(expected) != len(received) or any(
+            e is not None and e != r for e, r in zip(expected, received)
+        ):
+            raise ValueError(
+                f"The samples in `{argument}` have shape {received}, but the "
+                f"model expects {expected}. Reshape the data, e.g. "
+                f"x.reshape((-1,) + {expected})."
+            )
+
+    def _output_width(self):
+        return int(self._model.output_shape[-1])
+
+    def _prepare_labels(self, y, argument):
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            return y  # one-hot or other targets: Keras checks them.
+        width = self._output_width()
+        bad = (y < 0) | (y >= width)
+        if bad.any():
+            raise ValueError(
+                f"Labels in `{argument}` must be class ids in [0, {width - 1}] "
+                f"for a model with {width} outputs. Received: "
+                f"{sorted(set(y[bad].tolist()))[:5]}"
+            )
+        if _expects_one_hot(self._loss):
+            return keras.utils.to_categorical(y, width).astype("float32")
+        return y
+
+    def _prepare_dataset(self, dataset, argument):
+        spec = dataset.element_spec
+        if not isinstance(spec, tuple) or len(spec) < 2:
+            raise TypeError(
+                f"Expected `{argument}` to yield (x, y) batches. Received a "
+                f"dataset with element_spec={spec}"
+            )
+        y_spec = spec[1]
+        if not (
+            _expects_one_hot(self._loss)
+            and y_spec.dtype.is_integer
+            and y_spec.shape.rank == 1
+        ):
+            return dataset
+        width = self._output_width()
+
+        def one_hot(x, y, *rest):
+            checks = [
+                tf.debugging.assert_non_negative(y),
+                tf.debugging.assert_less(
+                    y,
+                    tf.cast(width, y.dtype),
+                    message=f"Labels in `{argument}` must be class ids in "
+                    f"[0, {width - 1}]",
+                ),
+            ]
+            with tf.control_dependencies(checks):
+                return (x, tf.one_hot(y, width)) + rest
+
+        return dataset.map(one_hot)
+
+
+def _expects_one_hot(loss) -> bool:
+    """Whether `loss` is a categorical loss that takes one-hot targets."""
+    if isinstance(loss, str):
+        name = loss
+    elif isinstance(loss, keras.losses.Loss):
+        name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(loss).__name__).lower()
+    else:
+        name = getattr(loss, "__name__", "")
+    return "categorical" in name and "sparse" not in name
+
+
+def _check_optimizer_spec(spec, argument):
+    if isinstance(spec, str):
+        keras.optimizers.get(spec)  # Raises for an unknown name.
+        if spec.lower() == "adadelta":
+            warnings.warn(
+                "`optimizer='adadelta'` uses Keras 3's default "
+                "learning_rate=0.001; Keras 2 used 1.0, and training with "
+                "0.001 barely moves. Pass `lambda: "
+                "keras.optimizers.Adadelta(learning_rate=1.0)` for the Keras 2 "
+                "behaviour.",
+                UserWarning,
+                stacklevel=3,
+            )
+    elif not (
+        isinstance(spec, keras.optimizers.Optimizer) or callable(spec)
+    ):
+        raise TypeError(
+            f"Expected `{argument}` to be an optimizer name, an optimizer, or "
+            "a function that returns a new optimizer. Received: "
+            f"{argument}={spec!r}"
+        )
+
+
+def _fresh_optimizer(spec) -> keras.optimizers.Optimizer:
+    """A new, unbuilt optimizer for one phase."""
+    if isinstance(spec, str):
+        return keras.optimizers.get(spec)
+    if isinstance(spec, keras.optimizers.Optimizer):
+        return type(spec).from_config(spec.get_config())
+    optimizer = spec()
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise TypeError(
+            "Expected the optimizer factory to return a Keras optimizer. "
+            f"Received: {optimizer!r}"
+        )
+    if optimizer.built:
+        raise ValueError(
+            "The optimizer factory returned an optimizer that was already "
+            "used; Keras cannot reuse a built optimizer for a new set of "
+            "trainable weights. Return a new one on each call, e.g. "
+            "`lambda: keras.optimizers.Adadelta(learning_rate=1.0)`."
+        )
+    return optimizer
+
+
+def _digest(groups: Sequence[LayerGroup]) -> dict[str, str]:
+    """SHA-256 of every variable of `groups`, keyed by variable path."""
+    digests = {}
+    for group in groups:
+        for variable in group.variables:
+            value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
+            digest = hashlib.sha256(value.tobytes())
+            digest.update(f"{value.dtype}{value.shape}".encode())
+            digests[variable.path] = digest.hexdigest()
+    return digests
+
+
+def _count(variables) -> int:
+    return int(sum(np.prod(v.shape, dtype=np.int64) for v in variables))
