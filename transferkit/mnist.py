@@ -125,32 +125,33 @@ def load_sample() -> MnistData:
 def load_npz(path: str | os.PathLike) -> MnistData:
     """Reads a Keras-layout `mnist.npz` (`x_train`, `y_train`, `x_test`, `y_test`)."""
     path = Path(path)
-    unreadable = (OSError, EOFError, ValueError, zipfile.BadZipFile)
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except unreadable as error:
-        raise ValueError(
-            f"Could not read {str(path)!r} as an .npz archive: {error}"
-        ) from error
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(
-            f"{str(path)!r} holds a single array; expected an .npz archive "
-            f"with the arrays {sorted(IDX_FILES)}."
-        )
-    with archive:
-        missing = sorted(set(IDX_FILES) - set(archive.files))
-        if missing:
-            raise ValueError(
-                f"{str(path)!r} lacks the arrays {missing}. Expected the Keras "
-                f"mnist.npz layout {sorted(IDX_FILES)}; found "
-                f"{sorted(archive.files)}."
-            )
+    # Our own file handle, so that it is closed even when numpy fails.
+    with open(path, "rb") as stream:
         try:
-            arrays = {key: archive[key] for key in IDX_FILES}
-        except unreadable as error:
+            archive = np.load(stream, allow_pickle=False)
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
             raise ValueError(
-                f"{str(path)!r} is damaged or truncated: {error}"
+                f"Could not read {str(path)!r} as an .npz archive: {error}"
             ) from error
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError(
+                f"{str(path)!r} holds a single array; expected an .npz "
+                f"archive with the arrays {sorted(IDX_FILES)}."
+            )
+        with archive:
+            missing = sorted(set(IDX_FILES) - set(archive.files))
+            if missing:
+                raise ValueError(
+                    f"{str(path)!r} lacks the arrays {missing}. Expected the "
+                    f"Keras mnist.npz layout {sorted(IDX_FILES)}; found "
+                    f"{sorted(archive.files)}."
+                )
+            try:
+                arrays = {key: archive[key] for key in IDX_FILES}
+            except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+                raise ValueError(
+                    f"{str(path)!r} is damaged or truncated: {error}"
+                ) from error
     return _checked(**arrays, source=str(path))
 
 

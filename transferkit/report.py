@@ -150,11 +150,11 @@ def ensure_writable(directory: str | os.PathLike) -> Path:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as error:
-        raise OSError(
-            error.errno,
+        # The same error class (PermissionError, ...), with a message that
+        # names the folder and says what to do.
+        raise type(error)(
             f"Cannot write to the output folder {str(directory)!r} "
-            f"({error.strerror or error}). Choose another folder, e.g. "
-            "--out ./runs/mnist",
+            f"({error.strerror or error}). Choose another folder."
         ) from error
     return directory
 

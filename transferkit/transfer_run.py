@@ -383,6 +383,8 @@ class TransferRun:
         history = self._model.fit(
             *inputs,
             batch_size=self._batch_size_for(data),
+            # A dataset shuffles itself; Keras warns if asked to.
+            shuffle=not isinstance(data, tf.data.Dataset),
             epochs=epochs,
             validation_data=validation,
             callbacks=list(callbacks) if callbacks else None,

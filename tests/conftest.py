@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny grouped model and tiny synthetic data."""
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from transferkit import LayerGroup
+
+IMAGE_SHAPE = (8, 8, 1)
+NUM_CLASSES = 3
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        help="also run the tests marked slow (full-size training)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="full-size training; opt in with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    keras.utils.set_random_seed(1234)
+
+
+def make_model(batch_norm=False, dropout=False):
+    """A tiny convnet in two groups: 'features' and 'classifier'."""
+    feature_layers = [layers.Conv2D(4, 3)]
+    if batch_norm:
+        feature_layers.append(layers.BatchNormalization())
+    feature_layers += [layers.Activation("relu"), layers.Flatten()]
+    head_layers = [layers.Dense(8, activation="relu")]
+    if dropout:
+        head_layers.append(layers.Dropout(0.5))
+    head_layers.append(layers.Dense(NUM_CLASSES, activation="softmax"))
+    features = LayerGroup("features", feature_layers, input_shape=IMAGE_SHAPE)
+    classifier = LayerGroup("classifier", head_layers)
+    return features + classifier
+
+
+def make_data(samples=48, classes=NUM_CLASSES, seed=0):
+    """Random images whose label shifts their mean, so there is signal."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(samples) % classes
+    rng.shuffle(y)
+    x = rng.normal(size=(samples,) + IMAGE_SHAPE).astype("float32")
+    x += y[:, None, None, None].astype("float32")
+    return x, y
+
+
+def snapshot(variables):
+    """Copies of variable values, keyed by path."""
+    return {v.path: np.array(keras.ops.convert_to_numpy(v)) for v in variables}
+
+
+def bitwise_equal(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+@pytest.fixture
+def model():
+    return make_model()
+
+
+@pytest.fixture
+def data():
+    return make_data()
