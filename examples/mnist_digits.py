@@ -88,6 +88,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="samples per step (default: 128)",
     )
     parser.add_argument(
+        "--learning-rate", type=_positive_float, default=1.0,
+        help="Adadelta's learning rate (default: 1.0, as in Keras 2; Keras 3's "
+        "default is 0.001)",
+    )
+    parser.add_argument(
         "--seed", type=int, default=0,
         help="seed for Python, NumPy and TensorFlow (default: 0)",
     )
@@ -114,6 +119,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number, received {text!r}"
+        )
+    return value
+
+
 def main(argv=None) -> dict:
     """Runs the experiment; returns the report (also written with --out)."""
     args = parse_args(argv)
@@ -133,7 +150,7 @@ def main(argv=None) -> dict:
 
     run = TransferRun(
         build_model(),
-        optimizer=lambda: keras.optimizers.Adadelta(learning_rate=1.0),
+        optimizer=lambda: keras.optimizers.Adadelta(args.learning_rate),
         loss="categorical_crossentropy",
         metrics=["accuracy"],
         batch_size=args.batch_size,
@@ -155,7 +172,7 @@ def main(argv=None) -> dict:
             "epochs": args.epochs,
             "batch_size": args.batch_size,
             "seed": args.seed,
-            "optimizer": "Adadelta(learning_rate=1.0)",
+            "optimizer": f"Adadelta(learning_rate={args.learning_rate})",
             "embedded_sample": data.is_sample,
         },
     )
