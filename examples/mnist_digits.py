@@ -29,8 +29,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from transferkit import LayerGroup, TransferRun, split_classes
-from transferkit import mnist
+from transferkit import LayerGroup, TransferRun, mnist, split_classes
 from transferkit.report import build_report, ensure_writable, format_phase, write_report
 
 
@@ -80,28 +79,39 @@ def parse_args(argv=None) -> argparse.Namespace:
         "else the embedded sample.",
     )
     parser.add_argument(
-        "--epochs", type=_positive_int, default=5,
+        "--epochs",
+        type=_positive_int,
+        default=5,
         help="epochs of each phase (default: 5)",
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=128,
+        "--batch-size",
+        type=_positive_int,
+        default=128,
         help="samples per step (default: 128)",
     )
     parser.add_argument(
-        "--learning-rate", type=_positive_float, default=1.0,
+        "--learning-rate",
+        type=_positive_float,
+        default=1.0,
         help="Adadelta's learning rate (default: 1.0, as in Keras 2; Keras 3's "
         "default is 0.001)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0,
+        "--seed",
+        type=int,
+        default=0,
         help="seed for Python, NumPy and TensorFlow (default: 0)",
     )
     parser.add_argument(
-        "--out", metavar="DIR",
+        "--out",
+        metavar="DIR",
         help="folder for report.json and report.md (default: no files)",
     )
     parser.add_argument(
-        "--verbose", choices=["auto", "0", "1", "2"], default="auto",
+        "--verbose",
+        choices=["auto", "0", "1", "2"],
+        default="auto",
         help="Keras progress output (default: auto)",
     )
     return parser.parse_args(argv)

@@ -87,8 +87,12 @@ def test_bad_input_is_a_clear_value_error(x, y, class_lists, message):
 
 @pytest.mark.parametrize(
     "class_lists, message",
-    [("05", "list of class lists"), (["05"], "list of integer class ids"),
-     ([[0.5]], "integer class ids. Received: 0.5"), ([[True]], "True")],
+    [
+        ("05", "list of class lists"),
+        (["05"], "list of integer class ids"),
+        ([[0.5]], "integer class ids. Received: 0.5"),
+        ([[True]], "True"),
+    ],
 )
 def test_malformed_class_lists_are_type_errors(class_lists, message):
     with pytest.raises(TypeError, match=message):

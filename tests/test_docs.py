@@ -19,8 +19,10 @@ def test_the_readme_quick_start_runs(monkeypatch):
     monkeypatch.setattr(
         keras.datasets.mnist,
         "load_data",
-        lambda: ((sample.x_train[:300], sample.y_train[:300]),
-                 (sample.x_test[:100], sample.y_test[:100])),
+        lambda: (
+            (sample.x_train[:300], sample.y_train[:300]),
+            (sample.x_test[:100], sample.y_test[:100]),
+        ),
     )
     namespace = {}
 

@@ -3,9 +3,8 @@
 import keras
 import numpy as np
 import pytest
-from keras import layers
-
 from conftest import make_data, make_model
+from keras import layers
 
 
 def test_adadelta_defaults_to_a_learning_rate_of_0_001():

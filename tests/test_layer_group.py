@@ -3,9 +3,9 @@ import json
 import keras
 import numpy as np
 import pytest
+from conftest import IMAGE_SHAPE, make_data, make_model
 from keras import layers
 
-from conftest import IMAGE_SHAPE, make_data, make_model
 from transferkit import GroupedSequential, LayerGroup, TransferRun
 
 
@@ -129,10 +129,34 @@ def test_only_the_first_group_may_set_the_input_shape():
         ("g", [], {}, ValueError, "needs at least one layer"),
         ("g", layers.Dense(1), {}, TypeError, "list of Keras layers"),
         ("g", [layers.Dense(1), "relu"], {}, TypeError, "position 1"),
-        ("g", [layers.Dense(1), keras.Input((3,))], {}, ValueError, "only be the first"),
-        ("g", [keras.Input((3,)), layers.Dense(1)], {"input_shape": (3,)}, ValueError, "once"),
-        ("g", [layers.Dense(1)], {"input_shape": (0, 2)}, ValueError, "positive integers"),
-        ("g", [layers.Dense(1)], {"input_shape": 5}, ValueError, "Received: input_shape=5"),
+        (
+            "g",
+            [layers.Dense(1), keras.Input((3,))],
+            {},
+            ValueError,
+            "only be the first",
+        ),
+        (
+            "g",
+            [keras.Input((3,)), layers.Dense(1)],
+            {"input_shape": (3,)},
+            ValueError,
+            "once",
+        ),
+        (
+            "g",
+            [layers.Dense(1)],
+            {"input_shape": (0, 2)},
+            ValueError,
+            "positive integers",
+        ),
+        (
+            "g",
+            [layers.Dense(1)],
+            {"input_shape": 5},
+            ValueError,
+            "Received: input_shape=5",
+        ),
     ],
 )
 def test_invalid_groups_are_rejected(name, group_layers, kwargs, error, message):
@@ -154,9 +178,9 @@ def assert_same_model(loaded, model, x):
     assert type(loaded) is GroupedSequential
     assert list(loaded.groups) == list(model.groups)
     for name, group in model.groups.items():
-        assert [l.name for l in loaded.groups[name]] == [l.name for l in group]
-        assert [l.trainable for l in loaded.groups[name]] == [
-            l.trainable for l in group
+        assert [x.name for x in loaded.groups[name]] == [x.name for x in group]
+        assert [x.trainable for x in loaded.groups[name]] == [
+            x.trainable for x in group
         ]
     assert loaded.groups["features"].input_shape == IMAGE_SHAPE
     # Through JSON, as saved: tuples in the live config come back as lists.

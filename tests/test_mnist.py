@@ -33,15 +33,20 @@ def sample():
 
 def small(data, train=40, test=20):
     return mnist.MnistData(
-        data.x_train[:train], data.y_train[:train],
-        data.x_test[:test], data.y_test[:test], source="test",
+        data.x_train[:train],
+        data.y_train[:train],
+        data.x_test[:test],
+        data.y_test[:test],
+        source="test",
     )
 
 
 def test_the_shipped_sample_is_the_documented_file(sample):
     resource = importlib.resources.files("transferkit") / "data" / mnist.SAMPLE_FILE
     digest = hashlib.sha256(resource.read_bytes()).hexdigest()
-    readme = (importlib.resources.files("transferkit") / "data" / "README.md").read_text()
+    readme = (
+        importlib.resources.files("transferkit") / "data" / "README.md"
+    ).read_text()
     assert digest in readme
     assert sample.x_train.shape == (8000, 28, 28) and sample.x_train.dtype == np.uint8
     assert sample.x_test.shape == (2000, 28, 28)
@@ -76,7 +81,9 @@ def test_a_keras_layout_npz_loads(tmp_path, sample):
 
 def test_without_a_network_the_sample_is_used_with_a_notice(monkeypatch):
     def offline():
-        raise Exception("URL fetch failure on https://example: Name or service not known")
+        raise Exception(
+            "URL fetch failure on https://example: Name or service not known"
+        )
 
     monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
 
@@ -94,7 +101,10 @@ def test_a_download_is_used_when_it_works(monkeypatch, sample):
     monkeypatch.setattr(
         keras.datasets.mnist,
         "load_data",
-        lambda: ((downloaded.x_train, downloaded.y_train), (downloaded.x_test, downloaded.y_test)),
+        lambda: (
+            (downloaded.x_train, downloaded.y_train),
+            (downloaded.x_test, downloaded.y_test),
+        ),
     )
     data = mnist.load()
     assert data.source == "keras.datasets.mnist" and data.notice is None
@@ -126,8 +136,11 @@ def test_a_truncated_npz_is_rejected(tmp_path, sample):
 def test_images_of_the_wrong_shape_are_rejected(tmp_path):
     path = tmp_path / "mnist.npz"
     np.savez(
-        path, x_train=np.zeros((3, 32, 32)), y_train=np.zeros(3),
-        x_test=np.zeros((1, 28, 28)), y_test=np.zeros(1),
+        path,
+        x_train=np.zeros((3, 32, 32)),
+        y_train=np.zeros(3),
+        x_test=np.zeros((1, 28, 28)),
+        y_test=np.zeros(1),
     )
     with pytest.raises(ValueError, match=r"shape \(n, 28, 28\).*shape=\(3, 32, 32\)"):
         mnist.load(path)

@@ -29,8 +29,13 @@ def few_digits(tmp_path):
     """A few hundred shipped digits, in the Keras mnist.npz layout."""
     sample = mnist.load_sample()
     path = tmp_path / "few.npz"
-    np.savez(path, x_train=sample.x_train[:400], y_train=sample.y_train[:400],
-             x_test=sample.x_test[:200], y_test=sample.y_test[:200])
+    np.savez(
+        path,
+        x_train=sample.x_train[:400],
+        y_train=sample.y_train[:400],
+        x_test=sample.x_test[:200],
+        y_test=sample.y_test[:200],
+    )
     return path
 
 
@@ -51,11 +56,22 @@ def check_report(report, epochs):
     assert report["total_seconds"] >= train["seconds"] + fine_tune["seconds"]
 
 
-def test_the_example_runs_and_writes_a_valid_report(example, few_digits, tmp_path, capsys):
+def test_the_example_runs_and_writes_a_valid_report(
+    example, few_digits, tmp_path, capsys
+):
     out = tmp_path / "run"
 
     returned = example.main(
-        ["--data", str(few_digits), "--epochs", "1", "--out", str(out), "--verbose", "0"]
+        [
+            "--data",
+            str(few_digits),
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--verbose",
+            "0",
+        ]
     )
 
     report = json.loads((out / "report.json").read_text())
@@ -74,8 +90,17 @@ def test_the_model_is_the_original_convnet(example):
     model = example.build_model()
     assert list(model.groups) == ["features", "classifier"]
     assert [type(layer).__name__ for layer in model.layers] == [
-        "Conv2D", "Activation", "Conv2D", "Activation", "MaxPooling2D",
-        "Dropout", "Flatten", "Dense", "Activation", "Dropout", "Dense",
+        "Conv2D",
+        "Activation",
+        "Conv2D",
+        "Activation",
+        "MaxPooling2D",
+        "Dropout",
+        "Flatten",
+        "Dense",
+        "Activation",
+        "Dropout",
+        "Dense",
         "Activation",
     ]
     assert model.input_shape == (None, 28, 28, 1)
@@ -88,7 +113,9 @@ def test_an_unwritable_out_folder_fails_before_training(tmp_path):
 
     finished = subprocess.run(
         [sys.executable, str(EXAMPLE), "--out", str(blocker / "run")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(EXAMPLE.parents[1])},
     )
 

@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from conftest import make_data, make_model
+
 from transferkit import ClassSubset, TransferRun
 from transferkit.report import (
     SCHEMA_VERSION,
@@ -21,13 +21,17 @@ def report():
     low = ClassSubset.select(x, y, classes=[0, 1, 2])
     high = ClassSubset.select(x, y, classes=[3, 4, 5])
     run = TransferRun(
-        make_model(), optimizer="sgd", loss="categorical_crossentropy",
-        metrics=["accuracy"], verbose=0,
+        make_model(),
+        optimizer="sgd",
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+        verbose=0,
     )
     run.train(low, epochs=1, validation_data=low)
     run.fine_tune(high, freeze="features", epochs=2, validation_data=high)
-    return build_report(run.results, dataset="tiny", total_seconds=1.5,
-                        settings={"epochs": 2})
+    return build_report(
+        run.results, dataset="tiny", total_seconds=1.5, settings={"epochs": 2}
+    )
 
 
 def test_the_report_holds_every_phase_field(report):
@@ -54,8 +58,11 @@ def test_tables_show_what_a_person_needs(report):
 
 
 def test_a_changed_frozen_weight_is_shouted(report):
-    phase = dict(report["phases"][1], frozen_unchanged=False,
-                 changed_variables=["sequential/conv2d/kernel"])
+    phase = dict(
+        report["phases"][1],
+        frozen_unchanged=False,
+        changed_variables=["sequential/conv2d/kernel"],
+    )
     assert "CHANGED: sequential/conv2d/kernel" in format_phase(phase)
 
 
@@ -64,7 +71,8 @@ def test_write_report_writes_both_files_and_no_temporaries(tmp_path, report):
     assert json.loads(json_path.read_text()) == report
     assert md_path.read_text() == format_markdown(report)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        "report.json", "report.md",
+        "report.json",
+        "report.md",
     ]
 
 

@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import NUM_CLASSES, bitwise_equal, make_data, make_model, snapshot
+
 from transferkit import ClassSubset, TransferRun
 
 SPARSE = "sparse_categorical_crossentropy"
@@ -18,9 +18,7 @@ OPTIMIZERS = {
     "factory": lambda: keras.optimizers.Adadelta(learning_rate=1.0),
     "instance": keras.optimizers.Adam(learning_rate=0.01),
     "string": "rmsprop",
-    "adamw_weight_decay": keras.optimizers.AdamW(
-        learning_rate=0.01, weight_decay=0.5
-    ),
+    "adamw_weight_decay": keras.optimizers.AdamW(learning_rate=0.01, weight_decay=0.5),
 }
 
 
@@ -131,7 +129,9 @@ def test_a_phase_may_override_the_optimizer():
     model = make_model()
     run = make_run(model, optimizer="adam")
     run.fine_tune(
-        make_data(), freeze="features", epochs=1,
+        make_data(),
+        freeze="features",
+        epochs=1,
         optimizer=lambda: keras.optimizers.SGD(learning_rate=0.001),
     )
     assert isinstance(model.optimizer, keras.optimizers.SGD)
@@ -151,9 +151,7 @@ def test_an_invalid_optimizer_is_a_type_error(optimizer):
 def test_integer_labels_are_one_hot_encoded_for_categorical_crossentropy():
     x, y = make_data()
     model = make_model()
-    run = make_run(
-        model, loss="categorical_crossentropy", metrics=["accuracy"]
-    )
+    run = make_run(model, loss="categorical_crossentropy", metrics=["accuracy"])
     result = run.train((x, y), epochs=2, validation_data=(x, y))
 
     expected = model.evaluate(
@@ -175,7 +173,10 @@ def test_loss_objects_and_sparse_losses_take_integer_labels_too():
 def test_labels_outside_the_output_width_are_rejected(loss):
     x, y = make_data()
     y[3] = NUM_CLASSES
-    with pytest.raises(ValueError, match=r"class ids in \[0, 2\] for a model with 3 outputs. Received: \[3\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"class ids in \[0, 2\] for a model with 3 outputs. Received: \[3\]",
+    ):
         make_run(make_model(), loss=loss).train((x, y), epochs=1)
 
 
@@ -204,7 +205,9 @@ def test_a_tf_data_dataset_with_integer_labels_trains_with_categorical_loss():
     run = make_run(model, loss="categorical_crossentropy", metrics=["accuracy"])
     head = snapshot(model.groups["classifier"].variables)
 
-    result = run.fine_tune(dataset, freeze="features", epochs=1, validation_data=dataset)
+    result = run.fine_tune(
+        dataset, freeze="features", epochs=1, validation_data=dataset
+    )
 
     assert result.train_samples is None
     assert result.frozen_unchanged is True
@@ -224,6 +227,7 @@ def test_a_dataset_with_labels_outside_the_output_width_fails_clearly():
 
 def test_an_unbuilt_model_is_built_from_the_data():
     from keras import layers
+
     from transferkit import LayerGroup
 
     model = LayerGroup("a", [layers.Dense(4)]) + LayerGroup("b", [layers.Dense(2)])
@@ -311,13 +315,17 @@ def test_invalid_data_is_rejected_with_what_is_accepted():
         run.train([x, y], epochs=1)
     with pytest.raises(ValueError, match=r"len\(x\)=47, len\(y\)=48"):
         run.train((x[1:], y), epochs=1)
-    with pytest.raises(ValueError, match=r"shape \(64, 1\), but the model expects \(8, 8, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"shape \(64, 1\), but the model expects \(8, 8, 1\)"
+    ):
         run.train((x.reshape(48, 64, 1), y), epochs=1)
 
 
 def test_the_model_must_be_composed_from_groups():
     with pytest.raises(TypeError, match="composed from `LayerGroup`s"):
-        TransferRun(keras.Sequential([keras.layers.Dense(1)]), optimizer="sgd", loss="mse")
+        TransferRun(
+            keras.Sequential([keras.layers.Dense(1)]), optimizer="sgd", loss="mse"
+        )
     with pytest.raises(ValueError, match="positive integer. Received: batch_size=0"):
         make_run(make_model(), batch_size=0)
 

@@ -168,21 +168,17 @@ def split_classes(
             "Expected `x` and `y` of the same length. Received: "
             f"len(x)={len(x)}, len(y)={len(ids)}"
         )
-    if isinstance(class_lists, (str, bytes)) or not isinstance(
-        class_lists, Iterable
-    ):
+    if isinstance(class_lists, (str, bytes)) or not isinstance(class_lists, Iterable):
         raise TypeError(
             "Expected `class_lists` to be a list of class lists, e.g. "
             f"[range(0, 5), range(5, 10)]. Received: {class_lists!r}"
         )
     lists = [_check_class_list(classes) for classes in class_lists]
     if not lists:
-        raise ValueError(
-            "Expected at least one class list. Received: class_lists=[]"
-        )
+        raise ValueError("Expected at least one class list. Received: class_lists=[]")
     _check_disjoint(lists)
     present, counts = np.unique(ids, return_counts=True)
-    count_of = dict(zip(present.tolist(), counts.tolist()))
+    count_of = dict(zip(present.tolist(), counts.tolist(), strict=True))
     subsets = []
     for classes in lists:
         missing = [c for c in classes if c not in count_of]
@@ -256,21 +252,17 @@ def _check_class_list(classes) -> tuple[int, ...]:
         )
     classes = list(classes)
     if not classes:
-        raise ValueError(
-            "Expected a non-empty list of classes. Received: classes=[]"
-        )
+        raise ValueError("Expected a non-empty list of classes. Received: classes=[]")
     for c in classes:
         if isinstance(c, bool) or not isinstance(c, (int, np.integer)):
             raise TypeError(
-                f"Expected integer class ids. Received: {c!r} in "
-                f"classes={classes}"
+                f"Expected integer class ids. Received: {c!r} in classes={classes}"
             )
     classes = tuple(int(c) for c in classes)
     repeated = sorted({c for c in classes if classes.count(c) > 1})
     if repeated:
         raise ValueError(
-            f"Classes {repeated} are requested twice. Received: "
-            f"classes={list(classes)}"
+            f"Classes {repeated} are requested twice. Received: classes={list(classes)}"
         )
     return classes
 

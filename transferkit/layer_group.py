@@ -13,9 +13,7 @@ __all__ = ["GroupedSequential", "LayerGroup"]
 def _is_input_tensor(value: object) -> bool:
     """Whether `value` is a tensor made by `keras.Input(...)`."""
     history = getattr(value, "_keras_history", None)
-    return history is not None and isinstance(
-        history[0], keras.layers.InputLayer
-    )
+    return history is not None and isinstance(history[0], keras.layers.InputLayer)
 
 
 class LayerGroup(Sequence):
@@ -59,12 +57,9 @@ class LayerGroup(Sequence):
     ):
         if not isinstance(name, str) or not name:
             raise ValueError(
-                "Expected `name` to be a non-empty string. "
-                f"Received: name={name!r}"
+                f"Expected `name` to be a non-empty string. Received: name={name!r}"
             )
-        if isinstance(layers, keras.layers.Layer) or not isinstance(
-            layers, Iterable
-        ):
+        if isinstance(layers, keras.layers.Layer) or not isinstance(layers, Iterable):
             raise TypeError(
                 f"Expected `layers` to be a list of Keras layers for group "
                 f"'{name}'. Received: layers={layers!r}"
@@ -100,11 +95,11 @@ class LayerGroup(Sequence):
                     f"Layer '{layer.name}' appears twice in group '{name}'."
                 )
             seen.add(id(layer))
-        if input_shape is not None:
-            input_shape = _check_input_shape(name, input_shape)
         self._name = name
         self._layers = tuple(layers)
-        self._input_shape = input_shape
+        self._input_shape = (
+            None if input_shape is None else _check_input_shape(name, input_shape)
+        )
 
     @property
     def name(self) -> str:
@@ -172,7 +167,7 @@ class LayerGroup(Sequence):
         return f"LayerGroup({self._name!r}, [{names}]{shape})"
 
 
-def _check_input_shape(name, input_shape):
+def _check_input_shape(name, input_shape) -> tuple[int | None, ...]:
     try:
         shape = tuple(input_shape)
     except TypeError:

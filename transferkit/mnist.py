@@ -17,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MnistData", "load", "load_idx_folder", "load_npz", "load_sample", "read_idx"]
+__all__ = [
+    "MnistData",
+    "load",
+    "load_idx_folder",
+    "load_npz",
+    "load_sample",
+    "read_idx",
+]
 
 SAMPLE_FILE = "mnist_sample.npz"
 
@@ -29,7 +36,7 @@ IDX_FILES = {
 }
 
 # IDX type codes (the third byte of the magic number) and their dtypes.
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -105,9 +112,7 @@ def load(path: str | os.PathLike | None = None) -> MnistData:
             "local copy (.npz or IDX folder)."
         )
         return dataclasses.replace(sample, notice=notice)
-    return _checked(
-        x_train, y_train, x_test, y_test, source="keras.datasets.mnist"
-    )
+    return _checked(x_train, y_train, x_test, y_test, source="keras.datasets.mnist")
 
 
 def load_sample() -> MnistData:

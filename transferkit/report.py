@@ -113,11 +113,16 @@ def format_markdown(report: Mapping[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     settings = report.get("settings") or {}
     if settings:
-        lines += ["", "Settings: " + ", ".join(f"`{k}={v}`" for k, v in settings.items())]
+        lines += [
+            "",
+            "Settings: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()),
+        ]
     return "\n".join(lines) + "\n"
 
 
-def write_report(directory: str | os.PathLike, report: Mapping[str, Any]) -> tuple[Path, Path]:
+def write_report(
+    directory: str | os.PathLike, report: Mapping[str, Any]
+) -> tuple[Path, Path]:
     """Writes `report.json` and `report.md` into `directory`, atomically.
 
     Each file is written to a temporary file in `directory`, flushed to disk

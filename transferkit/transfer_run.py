@@ -8,7 +8,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import keras
 import numpy as np
@@ -19,12 +19,12 @@ from transferkit.layer_group import LayerGroup
 
 __all__ = ["PhaseResult", "TransferRun"]
 
-OptimizerSpec = Union[
-    str, keras.optimizers.Optimizer, Callable[[], keras.optimizers.Optimizer]
-]
+OptimizerSpec: TypeAlias = (
+    str | keras.optimizers.Optimizer | Callable[[], keras.optimizers.Optimizer]
+)
 """An optimizer name, an optimizer to copy, or a factory of new ones."""
 
-Data = Union[ClassSubset, tuple, tf.data.Dataset]
+Data: TypeAlias = ClassSubset | tuple | tf.data.Dataset
 """A `ClassSubset`, an `(x, y)` tuple of arrays, or a batched
 `tf.data.Dataset` of `(x, y)`."""
 
@@ -141,9 +141,7 @@ class TransferRun:
         verbose: str | int = "auto",
     ):
         groups = getattr(model, "groups", None)
-        if not isinstance(model, keras.Model) or not isinstance(
-            groups, Mapping
-        ):
+        if not isinstance(model, keras.Model) or not isinstance(groups, Mapping):
             raise TypeError(
                 "Expected a Keras model composed from `LayerGroup`s, e.g. "
                 "`features + classifier`. Received: model of type "
@@ -151,8 +149,7 @@ class TransferRun:
             )
         if not groups:
             raise ValueError(
-                "Expected a model with at least one group. Received a model "
-                "with none."
+                "Expected a model with at least one group. Received a model with none."
             )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int):
             raise TypeError(
@@ -188,9 +185,7 @@ class TransferRun:
     def frozen_groups(self) -> tuple[str, ...]:
         """Names of the groups all of whose layers are frozen now."""
         return tuple(
-            name
-            for name, group in self._model.groups.items()
-            if not group.trainable
+            name for name, group in self._model.groups.items() if not group.trainable
         )
 
     def freeze(self, *names: str) -> None:
@@ -318,7 +313,9 @@ class TransferRun:
             )
         inputs, _, _ = self._fit_inputs(data, "data")
         return self._model.evaluate(
-            *inputs, batch_size=self._batch_size_for(data), verbose=0,
+            *inputs,
+            batch_size=self._batch_size_for(data),
+            verbose=0,
             return_dict=True,
         )
 
@@ -363,7 +360,7 @@ class TransferRun:
             group.trainable = False
         if not self._model.trainable_weights:
             for group in freeze:  # Leave the model as it was.
-                for layer, trainable in zip(group, previous[id(group)]):
+                for layer, trainable in zip(group, previous[id(group)], strict=True):
                     layer.trainable = trainable
             raise ValueError(
                 "Nothing left to train: every layer with weights is frozen "
@@ -404,7 +401,7 @@ class TransferRun:
             seconds=time.perf_counter() - start,
             history=history,
             metrics={
-                key[len("val_"):]: values[-1]
+                key[len("val_") :]: values[-1]
                 for key, values in history.items()
                 if key.startswith("val_")
             },
@@ -427,8 +424,7 @@ class TransferRun:
             return name
         if not isinstance(name, str) or not name:
             raise ValueError(
-                "Expected `name` to be a non-empty string. Received: "
-                f"name={name!r}"
+                f"Expected `name` to be a non-empty string. Received: name={name!r}"
             )
         if name in taken:
             raise ValueError(
@@ -439,16 +435,13 @@ class TransferRun:
 
     def _groups_named(self, names, argument) -> list[LayerGroup]:
         groups = self._model.groups
-        unknown = [n for n in names if n not in groups]
-        if unknown or any(not isinstance(n, str) for n in names):
-            raise ValueError(
-                f"Unknown group {unknown[0]!r}. Expected one of "
-                f"{list(groups)}. Received: {argument}={list(names)}"
-                if unknown and isinstance(unknown[0], str)
-                else f"Expected group names (strings) from {list(groups)}. "
-                f"Received: {argument}={list(names)}"
-            )
-        return [groups[n] for n in names]
+        for name in names:
+            if not isinstance(name, str) or name not in groups:
+                raise ValueError(
+                    f"Unknown group {name!r}. Expected one of {list(groups)}. "
+                    f"Received: {argument}={list(names)}"
+                )
+        return [groups[name] for name in names]
 
     def _batch_size_for(self, data):
         return None if isinstance(data, tf.data.Dataset) else self._batch_size
@@ -485,7 +478,7 @@ class TransferRun:
         expected = tuple(self._model.input_shape[1:])
         received = tuple(shape[1:])
         if len(expected) != len(received) or any(
-            e is not None and e != r for e, r in zip(expected, received)
+            e is not None and e != r for e, r in zip(expected, received, strict=True)
         ):
             raise ValueError(
                 f"The samples in `{argument}` have shape {received}, but the "
@@ -569,9 +562,7 @@ def _check_optimizer_spec(spec, argument):
                 UserWarning,
                 stacklevel=3,
             )
-    elif not (
-        isinstance(spec, keras.optimizers.Optimizer) or callable(spec)
-    ):
+    elif not (isinstance(spec, keras.optimizers.Optimizer) or callable(spec)):
         raise TypeError(
             f"Expected `{argument}` to be an optimizer name, an optimizer, or "
             "a function that returns a new optimizer. Received: "
