@@ -353,7 +353,11 @@ class TransferRun:
                     f"training data. Received: classes {classes} for `data` "
                     f"and {val_classes} for `validation_data`"
                 )
-            validation = tuple(validation)
+            # fit takes a dataset as it is, arrays as an (x, y) tuple.
+            validation = validation[0] if len(validation) == 1 else validation
+        fresh_optimizer = _fresh_optimizer(
+            self._optimizer if optimizer is None else optimizer
+        )
 
         previous = {id(g): [layer.trainable for layer in g] for g in freeze}
         for group in freeze:
@@ -372,7 +376,7 @@ class TransferRun:
         before = _digest(frozen)
 
         self._model.compile(
-            optimizer=_fresh_optimizer(optimizer or self._optimizer),
+            optimizer=fresh_optimizer,
             loss=self._loss,
             metrics=self._metrics,
             jit_compile=self._jit_compile,
