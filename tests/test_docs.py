@@ -1,4 +1,4 @@
-"""The README's quick start runs as written (on shipped digits, 1 epoch)."""
+"""The docs' code runs as written (on shipped digits, 1 epoch)."""
 
 import re
 from pathlib import Path
@@ -8,11 +8,16 @@ import numpy as np
 
 from transferkit import mnist
 
-README = Path(__file__).parents[1] / "README.md"
+ROOT = Path(__file__).parents[1]
+README = ROOT / "README.md"
+
+
+def python_blocks(path):
+    return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
 
 
 def test_the_readme_quick_start_runs(monkeypatch):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    blocks = python_blocks(README)
     assert len(blocks) == 1
     code = blocks[0].replace("epochs=5", "epochs=1")
     sample = mnist.load_sample()
@@ -32,3 +37,21 @@ def test_the_readme_quick_start_runs(monkeypatch):
     assert result.frozen_unchanged is True
     assert result.classes == (5, 6, 7, 8, 9)
     assert np.isfinite(result.metrics["accuracy"])
+
+
+def test_the_quickstart_on_your_own_data_runs(tmp_path, monkeypatch):
+    page = ROOT / "docs" / "quickstart.md"
+    (code,) = python_blocks(page)
+    sample = mnist.load_sample()
+    monkeypatch.chdir(tmp_path)
+    namespace = {
+        "x": sample.x_train[:300, :, :, None] / np.float32(255),
+        "y": sample.y_train[:300],
+        "x_test": sample.x_test[:100, :, :, None] / np.float32(255),
+        "y_test": sample.y_test[:100],
+    }
+
+    exec(compile(code.replace("epochs=5", "epochs=1"), str(page), "exec"), namespace)
+
+    assert namespace["result"].frozen_unchanged is True
+    assert (tmp_path / "model.keras").is_file()
