@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from transferkit._io import atomic_write, ensure_writable
 from transferkit.transfer_run import PhaseResult
 
 __all__ = [
@@ -141,43 +141,6 @@ def write_report(
     atomic_write(json_path, json.dumps(report, indent=2) + "\n")
     atomic_write(md_path, format_markdown(report))
     return json_path, md_path
-
-
-def ensure_writable(directory: str | os.PathLike) -> Path:
-    """Creates `directory` if needed and checks that files can be made in it.
-
-    Raises:
-        OSError: naming the folder, if it cannot be created or written.
-    """
-    directory = Path(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as error:
-        # The same error class (PermissionError, ...), with a message that
-        # names the folder and says what to do.
-        raise type(error)(
-            f"Cannot write to the output folder {str(directory)!r} "
-            f"({error.strerror or error}). Choose another folder."
-        ) from error
-    return directory
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Replaces `path` with `text` through a synced temporary file."""
-    handle, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _classes(classes) -> str:

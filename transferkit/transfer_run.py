@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import os
 import re
+import signal
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -16,6 +21,7 @@ import tensorflow as tf
 
 from transferkit.class_subset import ClassSubset
 from transferkit.layer_group import LayerGroup
+from transferkit.run_directory import CheckpointError, RunDirectory, seed_states
 
 __all__ = ["PhaseResult", "TransferRun"]
 
@@ -74,6 +80,15 @@ class PhaseResult:
     """Original class ids of the training data, when it was a
     `ClassSubset`."""
 
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> PhaseResult:
+        """The inverse of `to_dict`."""
+        record = dict(record)
+        for key in ("frozen_groups", "changed_variables", "classes"):
+            if record[key] is not None:
+                record[key] = tuple(record[key])
+        return cls(**record)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary of the record."""
         record = dataclasses.asdict(self)
@@ -111,6 +126,24 @@ class TransferRun:
         jit_compile: passed to `compile()`. Defaults to `False`: measure
             before enabling XLA; on CPUs it can be slower.
         verbose: Keras' `fit` verbosity for every phase. Defaults to `"auto"`.
+        directory: a folder that keeps the run. After every epoch, and at
+            the start and end of every phase, the model (weights, trainable
+            flags, optimizer state), the phase results and the random-seed
+            state are saved there, atomically. Running the same plan again
+            with the same folder resumes: finished phases return their saved
+            results without training, an interrupted phase goes on from its
+            last saved epoch. Defaults to `None` (nothing is saved).
+        seed: makes the run repeatable. Each phase starts by seeding Python,
+            NumPy and TensorFlow from `seed`, the phase's position and the
+            epoch it starts at. Seed the model's construction yourself
+            (`keras.utils.set_random_seed`) before building it. Defaults to
+            `None`.
+        check_finite: check array data for NaN and infinite values before
+            each phase (one pass over the data). Defaults to `False`.
+
+    Ctrl-C during a phase finishes the current epoch, saves it (with a
+    `directory`), and raises `KeyboardInterrupt` saying how to resume; a
+    second Ctrl-C stops at once.
 
     Example:
 
@@ -139,6 +172,9 @@ class TransferRun:
         batch_size: int = 32,
         jit_compile: bool = False,
         verbose: str | int = "auto",
+        directory: str | os.PathLike | None = None,
+        seed: int | None = None,
+        check_finite: bool = False,
     ):
         groups = getattr(model, "groups", None)
         if not isinstance(model, keras.Model) or not isinstance(groups, Mapping):
@@ -162,6 +198,10 @@ class TransferRun:
                 f"batch_size={batch_size}"
             )
         _check_optimizer_spec(optimizer, "optimizer")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(
+                f"Expected `seed` to be an integer. Received: seed={seed!r}"
+            )
         self._model = model
         self._optimizer = optimizer
         self._loss = loss
@@ -169,7 +209,11 @@ class TransferRun:
         self._batch_size = batch_size
         self._jit_compile = jit_compile
         self._verbose = verbose
+        self._seed = seed
+        self._check_finite = check_finite
         self._results: list[PhaseResult] = []
+        self._directory = None if directory is None else RunDirectory(directory)
+        self._state = self._open_state()
 
     @property
     def model(self) -> keras.Model:
@@ -355,6 +399,21 @@ class TransferRun:
                 )
             # fit takes a dataset as it is, arrays as an (x, y) tuple.
             validation = validation[0] if len(validation) == 1 else validation
+        spec = {
+            "kind": kind,
+            "name": name,
+            "epochs": epochs,
+            "freeze": [group.name for group in freeze],
+            "data": _data_fingerprint(data, train_samples, classes),
+        }
+        index = len(self._results)
+        record = self._recorded_phase(index, spec)
+        if record is not None and record["result"] is not None:
+            for group in freeze:  # Replay the plan's flags; the weights are loaded.
+                group.trainable = False
+            result = PhaseResult.from_dict(record["result"])
+            self._results.append(result)
+            return result
         fresh_optimizer = _fresh_optimizer(
             self._optimizer if optimizer is None else optimizer
         )
@@ -373,7 +432,24 @@ class TransferRun:
             )
         frozen_names = self.frozen_groups
         frozen = [self._model.groups[n] for n in frozen_names]
-        before = _digest(frozen)
+        if record is None:
+            record = {
+                "spec": spec,
+                "frozen_groups": list(frozen_names),
+                "frozen_digest": _digest(frozen),
+                "epochs_done": 0,
+                "seconds": 0.0,
+                "history": {},
+                "result": None,
+            }
+            self._state["phases"].append(record)
+            self._checkpoint()  # The phase's starting point.
+        elif record["frozen_groups"] != list(frozen_names):
+            raise CheckpointError(
+                f"Phase '{name}' in {self._state_file()} was interrupted with "
+                f"the groups {record['frozen_groups']} frozen, but now "
+                f"{list(frozen_names)} are. Freeze the same groups to resume it."
+            )
 
         self._model.compile(
             optimizer=fresh_optimizer,
@@ -381,28 +457,47 @@ class TransferRun:
             metrics=self._metrics,
             jit_compile=self._jit_compile,
         )
-        history = self._model.fit(
-            *inputs,
-            batch_size=self._batch_size_for(data),
-            # A dataset shuffles itself; Keras warns if asked to.
-            shuffle=not isinstance(data, tf.data.Dataset),
-            epochs=epochs,
-            validation_data=validation,
-            callbacks=list(callbacks) if callbacks else None,
-            verbose=self._verbose if verbose is None else verbose,
+        done = record["epochs_done"]
+        if done:  # Resume: the optimizer state of the last saved epoch.
+            fresh_optimizer.build(self._model.trainable_variables)
+            self._directory.restore(self._model, self._state)
+        if self._seed is not None:
+            keras.utils.set_random_seed(_derived_seed(self._seed, index, done))
+        seconds_before = record["seconds"]  # Of earlier, interrupted sessions.
+        recorder = _EpochRecorder(
+            record, lambda: seconds_before + time.perf_counter() - start, self
         )
+        if done < epochs:
+            with _StopAfterEpoch(recorder):
+                self._model.fit(
+                    *inputs,
+                    batch_size=self._batch_size_for(data),
+                    # A dataset shuffles itself; Keras warns if asked to.
+                    shuffle=not isinstance(data, tf.data.Dataset),
+                    initial_epoch=done,
+                    epochs=epochs,
+                    validation_data=validation,
+                    callbacks=[recorder, *(callbacks or ())],
+                    verbose=self._verbose if verbose is None else verbose,
+                )
+            if recorder.interrupted:
+                raise KeyboardInterrupt(self._interrupted_message(record, epochs))
 
-        after = _digest(frozen)
-        changed = tuple(path for path in before if before[path] != after[path])
-        history = {
-            key: [float(value) for value in values]
-            for key, values in history.history.items()
-        }
+        before, after = record["frozen_digest"], _digest(frozen)
+        changed = tuple(
+            variable.path
+            for group in frozen
+            for variable, old, new in zip(
+                group.variables, before[group.name], after[group.name], strict=True
+            )
+            if old != new
+        )
+        history = record["history"]
         result = PhaseResult(
             name=name,
             epochs=epochs,
             train_samples=train_samples,
-            seconds=time.perf_counter() - start,
+            seconds=seconds_before + time.perf_counter() - start,
             history=history,
             metrics={
                 key[len("val_") :]: values[-1]
@@ -416,8 +511,74 @@ class TransferRun:
             changed_variables=changed,
             classes=classes,
         )
+        record["result"] = result.to_dict()
+        record["seconds"] = result.seconds
+        if self._directory is not None:
+            self._directory.write_state(self._state)
         self._results.append(result)
         return result
+
+    def _open_state(self) -> dict[str, Any]:
+        """The run's state: loaded from `directory` (weights restored), or new."""
+        fingerprint = _model_fingerprint(self._model)
+        fresh: dict[str, Any] = {"model": fingerprint, "checkpoint": None, "phases": []}
+        if self._directory is None:
+            return fresh
+        state = self._directory.load_state()
+        self._directory.remove_orphans(state)
+        if state is None:
+            return fresh
+        if state.get("model") != fingerprint:
+            raise CheckpointError(
+                f"{self._state_file()} holds a run of a different model (other "
+                "layers, groups or shapes). Nothing was overwritten; use another "
+                "folder for this model."
+            )
+        if state.get("checkpoint"):
+            if not self._model.built:
+                raise CheckpointError(
+                    f"Cannot resume {self._state_file()} into a model that is not "
+                    "built; give the first group an `input_shape`."
+                )
+            self._directory.restore(self._model, state)
+        return state
+
+    def _recorded_phase(self, index, spec):
+        """The saved record of phase `index`, checked against `spec`."""
+        phases = self._state["phases"]
+        if self._directory is None:
+            del phases[index:]  # Without a folder, a failed phase starts anew.
+        if index >= len(phases):
+            return None
+        recorded = phases[index]["spec"]
+        if recorded != json.loads(json.dumps(spec)):
+            raise CheckpointError(
+                f"{self._state_file()} holds a different plan: its phase "
+                f"{index + 1} is {_describe(recorded)}, but this call is "
+                f"{_describe(spec)}. Nothing was overwritten; run the same plan "
+                "to resume, or use another folder."
+            )
+        return phases[index]
+
+    def _checkpoint(self) -> None:
+        if self._directory is not None:
+            self._state["seed_states"] = seed_states(self._model)
+            self._directory.save(self._model, self._state)
+
+    def _state_file(self) -> str:
+        return repr(str(self._directory.state_path)) if self._directory else "the run"
+
+    def _interrupted_message(self, record, epochs) -> str:
+        where = (
+            f"Saved in {str(self._directory.path)!r}; run the same plan with "
+            "the same directory to resume."
+            if self._directory is not None
+            else "Nothing was saved: pass `directory=` to keep progress."
+        )
+        return (
+            f"Interrupted phase '{record['spec']['name']}' after epoch "
+            f"{record['epochs_done']} of {epochs}. {where}"
+        )
 
     def _phase_name(self, kind, name):
         taken = {result.name for result in self._results}
@@ -596,17 +757,118 @@ def _fresh_optimizer(spec) -> keras.optimizers.Optimizer:
     return optimizer
 
 
-def _digest(groups: Sequence[LayerGroup]) -> dict[str, str]:
-    """SHA-256 of every variable of `groups`, keyed by variable path."""
+def _digest(groups: Sequence[LayerGroup]) -> dict[str, list[str]]:
+    """SHA-256 of every variable of each group, in the group's variable order.
+
+    Keyed by group name and position, not by variable path: Keras numbers
+    paths per process, and a resumed run compares against digests saved by
+    another process.
+    """
     digests = {}
     for group in groups:
+        digests[group.name] = []
         for variable in group.variables:
             value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
             digest = hashlib.sha256(value.tobytes())
             digest.update(f"{value.dtype}{value.shape}".encode())
-            digests[variable.path] = digest.hexdigest()
+            digests[group.name].append(digest.hexdigest())
     return digests
 
 
 def _count(variables) -> int:
     return int(sum(np.prod(v.shape, dtype=np.int64) for v in variables))
+
+
+class _EpochRecorder(keras.callbacks.Callback):
+    """Records each epoch into the phase record and checkpoints it."""
+
+    def __init__(self, record, elapsed, run):
+        super().__init__()
+        self.record = record
+        self.elapsed = elapsed
+        self.run = run
+        self.interrupted = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.record["history"].setdefault(key, []).append(float(value))
+        self.record["epochs_done"] = epoch + 1
+        self.record["seconds"] = self.elapsed()
+        self.run._checkpoint()
+        if self.interrupted:
+            self.model.stop_training = True
+
+
+class _StopAfterEpoch:
+    """While active, the first Ctrl-C asks `recorder` to stop after the
+    current epoch; a second one interrupts at once."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+    def _handle(self, signum, frame):
+        if self.recorder.interrupted:
+            raise KeyboardInterrupt
+        self.recorder.interrupted = True
+        print(
+            "\nInterrupted: finishing and saving this epoch; press Ctrl-C again "
+            "to stop at once.",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _derived_seed(seed: int, phase: int, epoch: int) -> int:
+    text = f"{seed}/{phase}/{epoch}".encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
+
+
+def _model_fingerprint(model) -> str:
+    """A digest of the model's architecture: layer types and settings, groups.
+
+    Layer names (Keras numbers them per process) and trainable flags (they
+    change between phases) are left out.
+    """
+    layers = []
+    for layer in model.layers:
+        config = dict(layer.get_config())
+        config.pop("name", None)
+        config.pop("trainable", None)
+        layers.append([type(layer).__name__, config])
+    groups = [
+        [name, [model.layers.index(layer) for layer in group]]
+        for name, group in model.groups.items()
+    ]
+    text = json.dumps([layers, groups], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _data_fingerprint(data, samples, classes) -> dict[str, Any]:
+    """What identifies a phase's data in a plan: size, classes, labels."""
+    if isinstance(data, tf.data.Dataset):
+        return {"type": "dataset"}
+    y = np.ascontiguousarray(data.y if isinstance(data, ClassSubset) else data[1])
+    return {
+        "samples": samples,
+        "classes": list(classes) if classes else None,
+        "labels_sha256": hashlib.sha256(y.tobytes()).hexdigest(),
+    }
+
+
+def _describe(spec) -> str:
+    freeze = f"freeze={spec['freeze']}, " if spec["freeze"] else ""
+    return (
+        f"{spec['kind']}(name={spec['name']!r}, {freeze}epochs={spec['epochs']}, "
+        f"data={spec['data']})"
+    )
