@@ -17,6 +17,10 @@ near chance after 5 epochs.
 Without `--data`, MNIST is downloaded once by `keras.datasets.mnist`; when
 that is not possible the example says so and runs on the 10,000 real digits
 shipped with transferkit.
+
+With `--out DIR` the run is kept in DIR: a checkpoint after every epoch, and
+at the end `report.json`, `report.md` and PNG figures. Running the same
+command again after a crash, a kill or Ctrl-C resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -30,7 +34,13 @@ import numpy as np
 from keras import layers
 
 from transferkit import LayerGroup, TransferRun, mnist, split_classes
-from transferkit.report import build_report, ensure_writable, format_phase, write_report
+from transferkit.report import (
+    build_report,
+    confusion_matrix,
+    ensure_writable,
+    format_phase,
+    write_report,
+)
 
 
 def build_model() -> keras.Sequential:
@@ -106,7 +116,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--out",
         metavar="DIR",
-        help="folder for report.json and report.md (default: no files)",
+        help="folder that keeps the run: checkpoints (a rerun resumes), "
+        "report.json, report.md and figures (default: no files)",
+    )
+    parser.add_argument(
+        "--no-check-finite",
+        dest="check_finite",
+        action="store_false",
+        help="skip the check for NaN and infinite values in the data",
     )
     parser.add_argument(
         "--verbose",
@@ -165,9 +182,16 @@ def main(argv=None) -> dict:
         metrics=["accuracy"],
         batch_size=args.batch_size,
         verbose=args.verbose if args.verbose == "auto" else int(args.verbose),
+        directory=args.out,
+        seed=args.seed,
+        check_finite=args.check_finite,
     )
+    resumed = bool(run.saved_phases)
+    for name, done, epochs, finished in run.saved_phases:
+        state = "finished" if finished else f"resuming after epoch {done} of {epochs}"
+        print(f"Phase '{name}' in {args.out}: {state}.", flush=True)
     run.train(low_train, epochs=args.epochs, validation_data=low_test)
-    run.fine_tune(
+    last = run.fine_tune(
         high_train,
         freeze=["features"],
         epochs=args.epochs,
@@ -184,7 +208,13 @@ def main(argv=None) -> dict:
             "seed": args.seed,
             "optimizer": f"Adadelta(learning_rate={args.learning_rate})",
             "embedded_sample": data.is_sample,
+            # total_seconds covers this invocation only; the phases' seconds
+            # include the sessions before a resume.
+            "resumed": resumed,
         },
+        confusion=confusion_matrix(
+            run.model, high_test, phase=last.name, batch_size=args.batch_size
+        ),
     )
     print()
     for phase in report["phases"]:
@@ -193,12 +223,20 @@ def main(argv=None) -> dict:
     if args.out:
         json_path, md_path = write_report(args.out, report)
         print(f"Wrote {json_path} and {md_path}")
+        figures = report["figures"]
+        if "skipped" in figures:
+            print(f"Figures skipped: {figures['skipped']}")
+        else:
+            print("Figures: " + ", ".join(figures.values()))
     return report
 
 
 if __name__ == "__main__":
     try:
         main()
+    except KeyboardInterrupt as interrupt:
+        print(f"\n{interrupt or 'Interrupted.'}", file=sys.stderr)
+        sys.exit(130)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -2,9 +2,12 @@
 
 import importlib.util
 import json
+import re
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -24,19 +27,32 @@ def example():
     return module
 
 
-@pytest.fixture
-def few_digits(tmp_path):
-    """A few hundred shipped digits, in the Keras mnist.npz layout."""
+def shipped_digits(path, train, test):
+    """The first shipped digits, in the Keras mnist.npz layout."""
     sample = mnist.load_sample()
-    path = tmp_path / "few.npz"
     np.savez(
         path,
-        x_train=sample.x_train[:400],
-        y_train=sample.y_train[:400],
-        x_test=sample.x_test[:200],
-        y_test=sample.y_test[:200],
+        x_train=sample.x_train[:train],
+        y_train=sample.y_train[:train],
+        x_test=sample.x_test[:test],
+        y_test=sample.y_test[:test],
     )
     return path
+
+
+@pytest.fixture
+def few_digits(tmp_path):
+    return shipped_digits(tmp_path / "few.npz", train=400, test=200)
+
+
+def run_example(*args):
+    return subprocess.run(
+        [sys.executable, str(EXAMPLE), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(EXAMPLE.parents[1])},
+    )
 
 
 def check_report(report, epochs):
@@ -53,7 +69,8 @@ def check_report(report, epochs):
     # The original model: 600,165 weights; the head alone 590,597.
     assert train["trainable_params"] == 600_165
     assert fine_tune["trainable_params"] == 590_597
-    assert report["total_seconds"] >= train["seconds"] + fine_tune["seconds"]
+    if not report["settings"]["resumed"]:
+        assert report["total_seconds"] >= train["seconds"] + fine_tune["seconds"]
 
 
 def test_the_example_runs_and_writes_a_valid_report(
@@ -80,10 +97,14 @@ def test_the_example_runs_and_writes_a_valid_report(
     assert report["dataset"] == str(few_digits)
     assert report["settings"]["batch_size"] == 128
     assert sum(phase["train_samples"] for phase in report["phases"]) == 400
-    assert "| fine_tune | 5-9 |" in (out / "report.md").read_text()
+    assert "| fine_tune | 5-9 | 190 | 1 |" in (out / "report.md").read_text()
+    confusion = report["confusion_matrix"]
+    assert confusion["classes"] == [5, 6, 7, 8, 9]
+    assert sum(map(sum, confusion["matrix"])) == 115  # The 5-9 test digits.
+    assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
     assert "Phase 'train'" in printed and "Phase 'fine_tune'" in printed
-    assert "frozen weights        unchanged (bitwise)" in printed
+    assert re.search(r"frozen weights +unchanged \(bitwise\)", printed)
 
 
 def test_the_model_is_the_original_convnet(example):
@@ -111,17 +132,63 @@ def test_an_unwritable_out_folder_fails_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
 
-    finished = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--out", str(blocker / "run")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(EXAMPLE.parents[1])},
-    )
+    finished = run_example("--out", blocker / "run")
 
     assert finished.returncode == 2
     assert "error: Cannot write to the output folder" in finished.stderr
     assert "Epoch" not in finished.stdout
+
+
+def test_a_run_killed_in_the_second_phase_resumes_and_finishes(tmp_path):
+    digits = shipped_digits(tmp_path / "digits.npz", train=2000, test=400)
+    out = tmp_path / "run"
+    args = ["--data", digits, "--epochs", 5, "--out", out, "--verbose", 0]
+    command = [sys.executable, str(EXAMPLE), *map(str, args)]
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLE.parents[1])}
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            phases = json.loads((out / "run.json").read_text())["phases"]
+        except FileNotFoundError:
+            phases = []
+        if len(phases) == 2 and phases[1]["epochs_done"] >= 1:
+            process.send_signal(signal.SIGKILL)  # Mid-phase, between saves.
+            break
+        time.sleep(0.005)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (out / "report.json").exists()
+
+    finished = run_example(*args)
+
+    assert finished.returncode == 0, finished.stderr
+    assert f"Phase 'train' in {out}: finished." in finished.stdout
+    assert f"Phase 'fine_tune' in {out}: resuming after epoch" in finished.stdout
+    report = json.loads((out / "report.json").read_text())
+    check_report(report, epochs=5)
+    assert report["settings"]["resumed"] is True
+    assert len(report["phases"][1]["history"]["loss"]) == 5
+    assert sorted(report["figures"]) == ["confusion_matrix", "learning_curves"]
+
+
+def test_rerunning_with_other_settings_refuses_to_touch_the_run(few_digits, tmp_path):
+    out = tmp_path / "run"
+    assert (
+        run_example(
+            "--data", few_digits, "--epochs", 1, "--out", out, "--verbose", 0
+        ).returncode
+        == 0
+    )
+    before = (out / "run.json").read_bytes()
+
+    finished = run_example("--data", few_digits, "--epochs", 2, "--out", out)
+
+    assert finished.returncode == 2
+    assert "run.json' holds a different plan" in finished.stderr
+    assert (out / "run.json").read_bytes() == before
 
 
 @pytest.mark.slow

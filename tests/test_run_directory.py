@@ -7,8 +7,8 @@ import signal
 import keras
 import numpy as np
 import pytest
-
 from conftest import bitwise_equal, make_data, make_model, snapshot
+
 from transferkit import TransferRun
 from transferkit.run_directory import CheckpointError, RunDirectory
 

@@ -5,6 +5,7 @@
 
 from transferkit.class_subset import ClassSubset, split_classes
 from transferkit.layer_group import GroupedSequential, LayerGroup
+from transferkit.report import load_report
 from transferkit.transfer_run import PhaseResult, TransferRun
 
 __version__ = "0.1.0"
@@ -15,5 +16,6 @@ __all__ = [
     "LayerGroup",
     "PhaseResult",
     "TransferRun",
+    "load_report",
     "split_classes",
 ]

@@ -7,6 +7,23 @@ import tempfile
 from pathlib import Path
 
 
+def _file_mode() -> int:
+    """The mode `open()` would give a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def new_temporary(path: Path) -> tuple[int, str]:
+    """A temporary file beside `path` (same folder, so a rename is atomic),
+    with the permissions of an ordinary new file."""
+    handle, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
+    os.chmod(temporary, _file_mode())
+    return handle, temporary
+
+
 def ensure_writable(directory: str | os.PathLike) -> Path:
     """Creates `directory` if needed and checks that files can be made in it.
 
@@ -30,9 +47,7 @@ def ensure_writable(directory: str | os.PathLike) -> Path:
 
 def atomic_write(path: Path, text: str) -> None:
     """Replaces `path` with `text` through a synced temporary file."""
-    handle, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
+    handle, temporary = new_temporary(path)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)

@@ -1,4 +1,5 @@
-"""Run reports: `report.json` for machines, `report.md` and tables for people."""
+"""Run reports: `report.json` for machines, `report.md`, tables and figures
+for people, and `load_report` to read one back."""
 
 from __future__ import annotations
 
@@ -8,21 +9,35 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import keras
+import numpy as np
+
 from transferkit._io import atomic_write, ensure_writable
+from transferkit.class_subset import ClassSubset
 from transferkit.transfer_run import PhaseResult
 
 __all__ = [
     "SCHEMA_VERSION",
+    "ReportError",
     "atomic_write",
     "build_report",
+    "confusion_matrix",
     "ensure_writable",
     "format_markdown",
     "format_phase",
+    "load_report",
     "write_report",
 ]
 
 SCHEMA_VERSION = 1
-"""Version of the `report.json` layout; raised whenever a field changes."""
+"""Version of the `report.json` layout; raised whenever a field changes
+meaning or disappears."""
+
+REPORT_FILE = "report.json"
+
+
+class ReportError(ValueError):
+    """A report file cannot be read; the message names it."""
 
 
 def build_report(
@@ -31,6 +46,7 @@ def build_report(
     dataset: str,
     total_seconds: float,
     settings: Mapping[str, Any] | None = None,
+    confusion: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready record of a run.
 
@@ -40,25 +56,70 @@ def build_report(
         total_seconds: wall-clock seconds of the whole run.
         settings: anything else worth keeping, e.g. the command-line
             options. Defaults to `None`.
+        confusion: a confusion matrix from `confusion_matrix`. Defaults to
+            `None`.
 
     Returns:
-        `{"schema_version", "dataset", "phases", "total_seconds",
-        "settings"}`. Each phase holds every `PhaseResult` field plus
-        `test_loss` and `test_accuracy` (from its validation data, `None`
-        without).
+        `{"schema_version", "transferkit_version", "dataset", "phases",
+        "total_seconds", "settings", "confusion_matrix", "figures"}`. Each
+        phase holds every `PhaseResult` field (per-epoch `history` included)
+        plus `test_loss`, `test_accuracy` (from its validation data, `None`
+        without), `samples_per_second` and `class_mapping` (label ->
+        original class id).
     """
+    from transferkit import __version__
+
     phases = []
     for result in results:
         phase = result.to_dict()
         phase["test_loss"] = result.metrics.get("loss")
         phase["test_accuracy"] = result.metrics.get("accuracy")
+        phase["samples_per_second"] = (
+            result.train_samples * result.epochs / result.seconds
+            if result.train_samples and result.seconds > 0
+            else None
+        )
+        phase["class_mapping"] = (
+            {str(label): cls for label, cls in enumerate(result.classes)}
+            if result.classes
+            else None
+        )
         phases.append(phase)
     return {
         "schema_version": SCHEMA_VERSION,
+        "transferkit_version": __version__,
         "dataset": dataset,
         "phases": phases,
         "total_seconds": float(total_seconds),
         "settings": dict(settings or {}),
+        "confusion_matrix": dict(confusion) if confusion else None,
+        "figures": {},
+    }
+
+
+def confusion_matrix(
+    model: keras.Model, subset: ClassSubset, *, phase: str, batch_size: int = 128
+) -> dict[str, Any]:
+    """Counts of true against predicted class on `subset`, in original ids.
+
+    Args:
+        model: a classifier whose output width is `subset.num_classes`.
+        subset: labelled data, e.g. the final phase's test subset.
+        phase: the name of the phase the matrix belongs to.
+        batch_size: for `model.predict`. Defaults to `128`.
+
+    Returns:
+        `{"phase", "classes", "matrix"}`: `matrix[i][j]` counts samples of
+        `classes[i]` predicted as `classes[j]`.
+    """
+    scores = model.predict(subset.x, batch_size=batch_size, verbose=0)
+    predicted = np.asarray(scores).argmax(axis=-1)
+    size = subset.num_classes
+    matrix = np.bincount(subset.y * size + predicted, minlength=size * size)
+    return {
+        "phase": phase,
+        "classes": list(subset.classes),
+        "matrix": matrix.reshape(size, size).tolist(),
     }
 
 
@@ -69,10 +130,11 @@ def format_phase(phase: Mapping[str, Any]) -> str:
         ("train samples", _number(phase["train_samples"])),
         ("epochs", str(phase["epochs"])),
         ("seconds", f"{phase['seconds']:.1f}"),
+        ("samples/s", _float(phase.get("samples_per_second"), "{:,.0f}")),
         ("test loss", _float(phase["test_loss"], "{:.4f}")),
         ("test accuracy", _float(phase["test_accuracy"], "{:.2%}")),
         ("trainable params", _number(phase["trainable_params"])),
-        ("non-trainable params", _number(phase["non_trainable_params"])),
+        ("frozen params", _number(phase["non_trainable_params"])),
         ("frozen groups", ", ".join(phase["frozen_groups"]) or "none"),
         ("frozen weights", _verdict(phase)),
     ]
@@ -85,8 +147,9 @@ def format_phase(phase: Mapping[str, Any]) -> str:
 def format_markdown(report: Mapping[str, Any]) -> str:
     """`report.md`: the run as a short Markdown page."""
     header = (
-        "| phase | classes | train samples | epochs | seconds | test loss "
-        "| test accuracy | trainable params | frozen groups | frozen weights |"
+        "| phase | classes | train samples | epochs | seconds | samples/s "
+        "| test loss | test accuracy | trainable params | frozen params "
+        "| frozen groups | frozen weights |"
     )
     lines = [
         "# Transfer run report",
@@ -104,13 +167,21 @@ def format_markdown(report: Mapping[str, Any]) -> str:
             _number(phase["train_samples"]),
             str(phase["epochs"]),
             f"{phase['seconds']:.1f}",
+            _float(phase.get("samples_per_second"), "{:,.0f}"),
             _float(phase["test_loss"], "{:.4f}"),
             _float(phase["test_accuracy"], "{:.2%}"),
             _number(phase["trainable_params"]),
+            _number(phase["non_trainable_params"]),
             ", ".join(phase["frozen_groups"]) or "none",
             _verdict(phase),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    figures = report.get("figures") or {}
+    if "skipped" in figures:
+        lines += ["", f"Figures skipped: {figures['skipped']}"]
+    for title, name in figures.items():
+        if title != "skipped":
+            lines += ["", f"![{title.replace('_', ' ')}]({name})"]
     settings = report.get("settings") or {}
     if settings:
         lines += [
@@ -121,13 +192,16 @@ def format_markdown(report: Mapping[str, Any]) -> str:
 
 
 def write_report(
-    directory: str | os.PathLike, report: Mapping[str, Any]
+    directory: str | os.PathLike, report: dict[str, Any], *, figures: bool = True
 ) -> tuple[Path, Path]:
-    """Writes `report.json` and `report.md` into `directory`, atomically.
+    """Writes `report.json`, `report.md` and the figures into `directory`.
 
-    Each file is written to a temporary file in `directory`, flushed to disk
+    Every file is written to a temporary file in `directory`, flushed to disk
     and renamed over the target, so a crash leaves either the old file or
-    the new one, never half of one.
+    the new one, never half of one. The figures (learning curves; the
+    confusion matrix, when the report has one) need matplotlib, the
+    `transferkit[plots]` extra; without it `report["figures"]` says why they
+    were skipped.
 
     Returns:
         The paths of `report.json` and `report.md`.
@@ -136,11 +210,57 @@ def write_report(
         OSError: if `directory` cannot be created or written, naming it.
     """
     directory = ensure_writable(directory)
-    json_path = directory / "report.json"
+    if figures:
+        try:
+            from transferkit import plots
+        except ImportError as error:
+            report["figures"] = {
+                "skipped": f"{error.msg}; install the plots extra: "
+                "pip install 'transferkit[plots]'"
+            }
+        else:
+            report["figures"] = plots.write_figures(report, directory)
+    json_path = directory / REPORT_FILE
     md_path = directory / "report.md"
     atomic_write(json_path, json.dumps(report, indent=2) + "\n")
     atomic_write(md_path, format_markdown(report))
     return json_path, md_path
+
+
+def load_report(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a `report.json`, or the one in the folder `path`.
+
+    Raises:
+        FileNotFoundError: if there is no report at `path`.
+        ReportError: naming the file, if it is truncated, not a report, or
+            from a newer transferkit.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / REPORT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No report at {str(path)!r}. Expected a run folder holding "
+            f"{REPORT_FILE}, or the file itself."
+        )
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ReportError(
+            f"{str(path)!r} is damaged or truncated ({error})."
+        ) from error
+    version = report.get("schema_version") if isinstance(report, dict) else None
+    if not isinstance(version, int) or not isinstance(report.get("phases"), list):
+        raise ReportError(
+            f"{str(path)!r} is not a transferkit report (no schema_version or phases)."
+        )
+    if version > SCHEMA_VERSION:
+        raise ReportError(
+            f"{str(path)!r} was written by a newer transferkit (report schema "
+            f"{version}; this one reads up to {SCHEMA_VERSION}). Upgrade "
+            "transferkit to read it."
+        )
+    return report
 
 
 def _classes(classes) -> str:

@@ -226,6 +226,20 @@ class TransferRun:
         return list(self._results)
 
     @property
+    def saved_phases(self) -> list[tuple[str, int, int, bool]]:
+        """`(name, epochs_done, epochs, finished)` per phase recorded in the
+        run's `directory`, e.g. to tell the user what a rerun resumes."""
+        return [
+            (
+                phase["spec"]["name"],
+                phase["epochs_done"],
+                phase["spec"]["epochs"],
+                phase["result"] is not None,
+            )
+            for phase in self._state["phases"]
+        ]
+
+    @property
     def frozen_groups(self) -> tuple[str, ...]:
         """Names of the groups all of whose layers are frozen now."""
         return tuple(
@@ -633,6 +647,9 @@ class TransferRun:
             )
         self._ensure_built(tuple(np.shape(x)[1:]))
         self._check_input_shape(np.shape(x), argument)
+        if self._check_finite:
+            _require_finite(x, f"`{argument}` (x)")
+            _require_finite(y, f"`{argument}` (y)")
         return (x, self._prepare_labels(np.asarray(y), argument)), len(x), classes
 
     def _ensure_built(self, sample_shape):
@@ -826,6 +843,29 @@ class _StopAfterEpoch:
             "to stop at once.",
             file=sys.stderr,
             flush=True,
+        )
+
+
+def _require_finite(array, what: str, chunk: int = 4096) -> None:
+    """Raises if a floating-point `array` holds NaN or infinity; checks
+    `chunk` samples at a time to keep memory flat."""
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    bad = [
+        start + int(offset)
+        for start in range(0, len(array), chunk)
+        for offset in np.flatnonzero(
+            ~np.isfinite(array[start : start + chunk])
+            .reshape(len(array[start : start + chunk]), -1)
+            .all(axis=1)
+        )
+    ]
+    if bad:
+        raise ValueError(
+            f"NaN or infinite values in {what}: {len(bad)} samples, the first "
+            f"at index {bad[0]}. Clean or drop them, or pass "
+            "check_finite=False to skip this check."
         )
 
 

@@ -1,0 +1,103 @@
+"""PNG figures of a run report. Needs matplotlib (`transferkit[plots]`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only; no window, no display needed.
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from transferkit._io import new_temporary  # noqa: E402
+
+__all__ = ["plot_confusion_matrix", "plot_learning_curves", "write_figures"]
+
+
+def write_figures(report: Mapping[str, Any], directory: Path) -> dict[str, str]:
+    """Writes the report's figures into `directory`, each atomically.
+
+    Returns:
+        Figure title -> file name: `learning_curves` always,
+        `confusion_matrix` when the report has one.
+    """
+    written = {}
+    figure = plot_learning_curves(report)
+    written["learning_curves"] = _save(figure, directory / "learning_curves.png")
+    if report.get("confusion_matrix"):
+        figure = plot_confusion_matrix(report["confusion_matrix"])
+        written["confusion_matrix"] = _save(figure, directory / "confusion_matrix.png")
+    return written
+
+
+def plot_learning_curves(report: Mapping[str, Any]):
+    """Loss and accuracy per epoch, train and validation, a column per phase."""
+    phases = report["phases"]
+    figure, axes = plt.subplots(
+        2, len(phases), figsize=(4.2 * len(phases), 6), squeeze=False
+    )
+    for column, phase in enumerate(phases):
+        history = phase["history"]
+        for row, metric in enumerate(("loss", "accuracy")):
+            axis = axes[row][column]
+            for key, label, style in (
+                (metric, "train", "-o"),
+                (f"val_{metric}", "validation", "--s"),
+            ):
+                values = history.get(key)
+                if values:
+                    epochs = range(1, len(values) + 1)
+                    axis.plot(epochs, values, style, label=label, markersize=4)
+            axis.set_xlabel("epoch")
+            axis.set_ylabel(metric)
+            axis.grid(alpha=0.3)
+            if axis.has_data():
+                axis.legend()
+            axis.xaxis.get_major_locator().set_params(integer=True)
+        frozen = ", ".join(phase["frozen_groups"]) or "nothing"
+        axes[0][column].set_title(f"{phase['name']} (frozen: {frozen})")
+    figure.suptitle(f"Learning curves: {report['dataset']}", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def plot_confusion_matrix(confusion: Mapping[str, Any]):
+    """Counts of true against predicted class, labelled with original ids."""
+    matrix, classes = confusion["matrix"], confusion["classes"]
+    size = len(classes)
+    figure, axis = plt.subplots(figsize=(1.0 + 0.6 * size, 0.6 + 0.6 * size))
+    image = axis.imshow(matrix, cmap="Blues")
+    axis.set_xticks(range(size), [str(c) for c in classes])
+    axis.set_yticks(range(size), [str(c) for c in classes])
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    axis.set_title(f"Confusion matrix, phase '{confusion['phase']}'", fontsize=10)
+    peak = max((max(row) for row in matrix), default=0)
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            color = "white" if count > peak / 2 else "black"
+            axis.text(j, i, str(count), ha="center", va="center", color=color)
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+    figure.tight_layout()
+    return figure
+
+
+def _save(figure, path: Path) -> str:
+    """Saves `figure` as PNG through a temporary file; returns the file name."""
+    handle, temporary = new_temporary(path)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            figure.savefig(stream, format="png", dpi=100)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(figure)
+    return path.name
