@@ -2,8 +2,8 @@
 
 import importlib.util
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -203,3 +203,23 @@ def test_full_reference_run_on_the_embedded_sample(example, tmp_path, monkeypatc
     assert report["settings"]["embedded_sample"] is True
     # With Keras 3's default Adadelta rate (0.001) this stays near 20-40%.
     assert report["phases"][1]["test_accuracy"] > 0.9
+
+
+def test_the_example_checks_for_nan_by_default(example, tmp_path):
+    sample = mnist.load_sample()
+    x_train = sample.x_train[:400].astype("float32")
+    x_train[7, 3, 3] = np.nan
+    path = tmp_path / "nan.npz"
+    np.savez(
+        path,
+        x_train=x_train,
+        y_train=sample.y_train[:400],
+        x_test=sample.x_test[:200],
+        y_test=sample.y_test[:200],
+    )
+
+    with pytest.raises(
+        ValueError,
+        match=r"NaN or infinite values in `data` \(x\): 1 samples, the first at index \d+ \(7 in the source data\)",
+    ):
+        example.main(["--data", str(path), "--epochs", "1", "--verbose", "0"])

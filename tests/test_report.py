@@ -1,17 +1,24 @@
 import json
+import os
 import re
+import sys
 
+import keras
 import pytest
 from conftest import make_data, make_model
 
 from transferkit import ClassSubset, TransferRun
+from transferkit.__main__ import main as cli
 from transferkit.report import (
     SCHEMA_VERSION,
+    ReportError,
     atomic_write,
     build_report,
+    confusion_matrix,
     ensure_writable,
     format_markdown,
     format_phase,
+    load_report,
     write_report,
 )
 
@@ -67,14 +74,113 @@ def test_a_changed_frozen_weight_is_shouted(report):
     assert "CHANGED: sequential/conv2d/kernel" in format_phase(phase)
 
 
-def test_write_report_writes_both_files_and_no_temporaries(tmp_path, report):
+def test_write_report_writes_files_figures_and_no_temporaries(tmp_path, report):
+    report = dict(report)
     json_path, md_path = write_report(tmp_path / "run", report)
+
     assert json.loads(json_path.read_text()) == report
     assert md_path.read_text() == format_markdown(report)
+    assert report["figures"] == {"learning_curves": "learning_curves.png"}
+    assert "![learning curves](learning_curves.png)" in md_path.read_text()
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "learning_curves.png",
         "report.json",
         "report.md",
     ]
+    assert (tmp_path / "run" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert oct(json_path.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
+
+
+def current_umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def test_without_matplotlib_the_report_says_why_figures_are_missing(
+    tmp_path, report, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # Import fails.
+    monkeypatch.delitem(sys.modules, "transferkit.plots", raising=False)
+    report = dict(report)
+
+    write_report(tmp_path, report)
+
+    reason = report["figures"]["skipped"]
+    assert "pip install 'transferkit[plots]'" in reason
+    assert "Figures skipped: " + reason in (tmp_path / "report.md").read_text()
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_a_confusion_matrix_counts_in_original_class_ids(report):
+    x, y = make_data(samples=60, classes=6)
+    high = ClassSubset.select(x, y, classes=[3, 4, 5])
+
+    class Fixed(keras.Model):
+        """Predicts label 2 (class 5) for everything."""
+
+        def call(self, inputs):
+            return keras.ops.one_hot(
+                keras.ops.full((keras.ops.shape(inputs)[0],), 2), 3
+            )
+
+    confusion = confusion_matrix(Fixed(), high, phase="fine_tune")
+
+    assert confusion["classes"] == [3, 4, 5]
+    assert confusion["matrix"] == [[0, 0, 10], [0, 0, 10], [0, 0, 10]]
+
+
+def test_both_figures_are_drawn_for_a_report_with_a_confusion_matrix(tmp_path, report):
+    report = dict(
+        report,
+        confusion_matrix={
+            "phase": "fine_tune",
+            "classes": [5, 6],
+            "matrix": [[3, 1], [0, 4]],
+        },
+    )
+    write_report(tmp_path, report)
+    assert report["figures"] == {
+        "learning_curves": "learning_curves.png",
+        "confusion_matrix": "confusion_matrix.png",
+    }
+
+
+def test_load_report_reads_a_folder_or_a_file(tmp_path, report):
+    report = dict(report)
+    write_report(tmp_path, report, figures=False)
+    assert load_report(tmp_path) == report
+    assert load_report(tmp_path / "report.json") == report
+
+
+def test_load_report_names_a_bad_file(tmp_path, report):
+    path = tmp_path / "report.json"
+    with pytest.raises(FileNotFoundError, match="No report at"):
+        load_report(tmp_path)
+    path.write_text(json.dumps(report)[:50])
+    with pytest.raises(ReportError, match=r"report.json' is damaged or truncated"):
+        load_report(path)
+    path.write_text(json.dumps(dict(report, schema_version=SCHEMA_VERSION + 1)))
+    with pytest.raises(ReportError, match=r"newer transferkit \(report schema 2"):
+        load_report(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ReportError, match="is not a transferkit report"):
+        load_report(path)
+
+
+def test_the_report_command_prints_the_tables(tmp_path, report, capsys):
+    write_report(tmp_path, dict(report))
+
+    assert cli(["report", str(tmp_path)]) == 0
+
+    printed = capsys.readouterr().out
+    assert "Phase 'train'" in printed and "Phase 'fine_tune'" in printed
+    assert "Figures: learning_curves.png" in printed
+
+
+def test_the_report_command_fails_clearly(tmp_path, capsys):
+    assert cli(["report", str(tmp_path)]) == 2
+    assert "error: No report at" in capsys.readouterr().err
 
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path):

@@ -337,3 +337,42 @@ def test_evaluate_uses_the_last_compiled_model():
     run.train(make_data(), epochs=1)
     scores = run.evaluate(make_data())
     assert set(scores) == {"loss", "accuracy"}
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_check_finite_names_the_samples_with_nan_or_infinity(bad):
+    x, y = make_data()
+    x[5, 0, 0, 0] = bad
+    x[9, 3, 2, 0] = bad
+    run = make_run(make_model(), check_finite=True)
+    with pytest.raises(
+        ValueError,
+        match=r"NaN or infinite values in `data` \(x\): 2 samples, the first at index 5",
+    ):
+        run.train((x, y), epochs=1)
+    with pytest.raises(ValueError, match=r"in `validation_data` \(x\)"):
+        run.train(make_data(), epochs=1, validation_data=(x, y))
+    assert run.results == []
+
+
+def test_check_finite_looks_at_every_chunk_of_a_large_array():
+    x = np.zeros((10_000, 4), "float32")
+    x[9_999, 3] = np.nan
+    from transferkit.transfer_run import _require_finite
+
+    with pytest.raises(ValueError, match="1 samples, the first at index 9999"):
+        _require_finite(x, "x", chunk=128)
+    _require_finite(np.zeros((3, 2), np.uint8), "integers are always finite")
+
+
+def test_fewer_samples_than_one_batch_train_as_one_small_batch():
+    x, y = make_data(samples=5)
+    model = make_model()
+    run = make_run(model, batch_size=128)
+    head = snapshot(model.groups["classifier"].variables)
+
+    result = run.fine_tune((x, y), freeze="features", epochs=2)
+
+    assert result.train_samples == 5 and result.frozen_unchanged
+    after = snapshot(model.groups["classifier"].variables)
+    assert any(not np.array_equal(after[p], v) for p, v in head.items())

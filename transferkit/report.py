@@ -3,6 +3,7 @@ for people, and `load_report` to read one back."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -212,7 +213,7 @@ def write_report(
     directory = ensure_writable(directory)
     if figures:
         try:
-            from transferkit import plots
+            plots = importlib.import_module("transferkit.plots")
         except ImportError as error:
             report["figures"] = {
                 "skipped": f"{error.msg}; install the plots extra: "

@@ -648,8 +648,9 @@ class TransferRun:
         self._ensure_built(tuple(np.shape(x)[1:]))
         self._check_input_shape(np.shape(x), argument)
         if self._check_finite:
-            _require_finite(x, f"`{argument}` (x)")
-            _require_finite(y, f"`{argument}` (y)")
+            origin = data.indices if isinstance(data, ClassSubset) else None
+            _require_finite(x, f"`{argument}` (x)", origin)
+            _require_finite(y, f"`{argument}` (y)", origin)
         return (x, self._prepare_labels(np.asarray(y), argument)), len(x), classes
 
     def _ensure_built(self, sample_shape):
@@ -846,9 +847,10 @@ class _StopAfterEpoch:
         )
 
 
-def _require_finite(array, what: str, chunk: int = 4096) -> None:
+def _require_finite(array, what: str, origin=None, chunk: int = 4096) -> None:
     """Raises if a floating-point `array` holds NaN or infinity; checks
-    `chunk` samples at a time to keep memory flat."""
+    `chunk` samples at a time to keep memory flat. `origin` maps positions
+    to those in the source data (a `ClassSubset`'s `indices`)."""
     array = np.asarray(array)
     if not np.issubdtype(array.dtype, np.floating):
         return
@@ -862,9 +864,10 @@ def _require_finite(array, what: str, chunk: int = 4096) -> None:
         )
     ]
     if bad:
+        source = "" if origin is None else f" ({origin[bad[0]]} in the source data)"
         raise ValueError(
             f"NaN or infinite values in {what}: {len(bad)} samples, the first "
-            f"at index {bad[0]}. Clean or drop them, or pass "
+            f"at index {bad[0]}{source}. Clean or drop them, or pass "
             "check_finite=False to skip this check."
         )
 
