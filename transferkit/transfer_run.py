@@ -782,7 +782,7 @@ def _digest(groups: Sequence[LayerGroup]) -> dict[str, list[str]]:
     paths per process, and a resumed run compares against digests saved by
     another process.
     """
-    digests = {}
+    digests: dict[str, list[str]] = {}
     for group in groups:
         digests[group.name] = []
         for variable in group.variables:
