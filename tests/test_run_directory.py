@@ -323,3 +323,34 @@ def test_the_same_seed_gives_bitwise_identical_weights():
 
 def test_seeded_runs_with_a_folder_match_runs_without(tmp_path):
     assert all_bitwise_equal(train_seeded(3), train_seeded(3, tmp_path))
+
+
+def test_resuming_the_same_checkpoint_twice_gives_the_same_weights(tmp_path):
+    import shutil
+
+    data = make_data()
+    keras.utils.set_random_seed(5)
+    with pytest.raises(Crash):
+        plan(make_run(tmp_path / "a", seed=5), data, callbacks=[CrashAfterEpoch(1)])
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+
+    weights = []
+    for folder in ("a", "b"):
+        run = make_run(tmp_path / folder, seed=5)
+        plan(run, data)
+        weights.append([np.array(w.numpy()) for w in run.model.weights])
+
+    assert all_bitwise_equal(*weights)
+
+
+def test_resuming_with_other_groups_frozen_is_refused(tmp_path):
+    data = make_data()
+    run = make_run(tmp_path)
+    run.freeze("features")
+    with pytest.raises(Crash):
+        run.train(data, epochs=3, callbacks=[CrashAfterEpoch(0)])
+
+    again = make_run(tmp_path)
+    again.unfreeze("features")
+    with pytest.raises(CheckpointError, match=r"was interrupted with the groups \['features'\] frozen, but now \[\] are"):
+        again.train(data, epochs=3)
