@@ -220,6 +220,6 @@ def test_the_example_checks_for_nan_by_default(example, tmp_path):
 
     with pytest.raises(
         ValueError,
-        match=r"NaN or infinite values in `data` \(x\): 1 samples, the first at index \d+ \(7 in the source data\)",
+        match=r"NaN or infinite values in `data` \(x\): 1 sample, the first at index \d+ \(7 in the source data\)",
     ):
         example.main(["--data", str(path), "--epochs", "1", "--verbose", "0"])

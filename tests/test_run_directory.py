@@ -352,5 +352,8 @@ def test_resuming_with_other_groups_frozen_is_refused(tmp_path):
 
     again = make_run(tmp_path)
     again.unfreeze("features")
-    with pytest.raises(CheckpointError, match=r"was interrupted with the groups \['features'\] frozen, but now \[\] are"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"was interrupted with the groups \['features'\] frozen, but now \[\] are",
+    ):
         again.train(data, epochs=3)

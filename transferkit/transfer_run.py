@@ -436,14 +436,15 @@ class TransferRun:
         for group in freeze:
             group.trainable = False
         if not self._model.trainable_weights:
-            for group in freeze:  # Leave the model as it was.
-                for layer, trainable in zip(group, previous[id(group)], strict=True):
-                    layer.trainable = trainable
-            raise ValueError(
+            message = (
                 "Nothing left to train: every layer with weights is frozen "
                 f"(frozen groups: {list(self.frozen_groups)}). Unfreeze a "
                 "group with `run.unfreeze(name)`."
             )
+            for group in freeze:  # Leave the model as it was.
+                for layer, trainable in zip(group, previous[id(group)], strict=True):
+                    layer.trainable = trainable
+            raise ValueError(message)
         frozen_names = self.frozen_groups
         frozen = [self._model.groups[n] for n in frozen_names]
         if record is None:
@@ -866,7 +867,8 @@ def _require_finite(array, what: str, origin=None, chunk: int = 4096) -> None:
     if bad:
         source = "" if origin is None else f" ({origin[bad[0]]} in the source data)"
         raise ValueError(
-            f"NaN or infinite values in {what}: {len(bad)} samples, the first "
+            f"NaN or infinite values in {what}: {len(bad)} "
+            f"sample{'s' if len(bad) > 1 else ''}, the first "
             f"at index {bad[0]}{source}. Clean or drop them, or pass "
             "check_finite=False to skip this check."
         )
