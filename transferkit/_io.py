@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 def _file_mode() -> int:
@@ -45,15 +48,27 @@ def ensure_writable(directory: str | os.PathLike) -> Path:
     return directory
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Replaces `path` with `text` through a synced temporary file."""
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[BinaryIO]:
+    """A binary stream whose content replaces `path` when the block ends.
+
+    The bytes go to a temporary file in the same folder, which is synced to
+    disk and renamed over `path`: a crash leaves the old file or the new one,
+    never half of one. If the block raises, `path` is left as it was.
+    """
     handle, temporary = new_temporary(path)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            yield stream
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replaces `path` with `text` (UTF-8) through `atomic_output`."""
+    with atomic_output(path) as stream:
+        stream.write(text.encode("utf-8"))

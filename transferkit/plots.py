@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ matplotlib.use("Agg")  # Files only; no window, no display needed.
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from transferkit._io import new_temporary  # noqa: E402
+from transferkit._io import atomic_output  # noqa: E402
 
 __all__ = ["plot_confusion_matrix", "plot_learning_curves", "write_figures"]
 
@@ -87,17 +86,10 @@ def plot_confusion_matrix(confusion: Mapping[str, Any]):
 
 
 def _save(figure, path: Path) -> str:
-    """Saves `figure` as PNG through a temporary file; returns the file name."""
-    handle, temporary = new_temporary(path)
+    """Saves `figure` as PNG, atomically; returns the file name."""
     try:
-        with os.fdopen(handle, "wb") as stream:
+        with atomic_output(path) as stream:
             figure.savefig(stream, format="png", dpi=100)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     finally:
         plt.close(figure)
     return path.name

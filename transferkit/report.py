@@ -20,7 +20,6 @@ from transferkit.transfer_run import PhaseResult
 __all__ = [
     "SCHEMA_VERSION",
     "ReportError",
-    "atomic_write",
     "build_report",
     "confusion_matrix",
     "ensure_writable",
