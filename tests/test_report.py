@@ -60,9 +60,20 @@ def test_tables_show_what_a_person_needs(report):
     assert table.splitlines()[0] == "Phase 'fine_tune'"
     assert re.search(r"\n  classes +3-5\n", table)
     assert re.search(r"\n  frozen weights +unchanged \(bitwise\)$", table)
+    train_accuracy = report["phases"][1]["history"]["accuracy"][-1]
+    assert re.search(rf"\n  train accuracy +{train_accuracy:.2%}\n", table)
     page = format_markdown(report)
-    assert "| fine_tune | 3-5 | 30 | 2 |" in page
-    assert page.count("\n|") == 4  # Header, separator, two phases.
+    fine_tune = page[page.index("## Phase 'fine_tune'") :]
+    for row in (
+        "| classes | 3-5 |",
+        "| train samples | 30 |",
+        "| epochs | 2 |",
+        "| frozen params | 40 |",
+        "| frozen weights | unchanged (bitwise) |",
+    ):
+        assert row in fine_tune
+    assert "samples/s |" in fine_tune and "| test accuracy |" in fine_tune
+    assert page.count("## Phase") == 2
 
 
 def test_a_changed_frozen_weight_is_shouted(report):

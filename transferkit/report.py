@@ -123,14 +123,17 @@ def confusion_matrix(
     }
 
 
-def format_phase(phase: Mapping[str, Any]) -> str:
-    """A small two-column table of one phase of a report, for a terminal."""
-    rows = [
+def phase_rows(phase: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The label and value rows that describe one phase of a report."""
+    history = phase.get("history") or {}
+    return [
         ("classes", _classes(phase["classes"])),
         ("train samples", _number(phase["train_samples"])),
         ("epochs", str(phase["epochs"])),
         ("seconds", f"{phase['seconds']:.1f}"),
         ("samples/s", _float(phase.get("samples_per_second"), "{:,.0f}")),
+        ("train loss", _float(_last(history.get("loss")), "{:.4f}")),
+        ("train accuracy", _float(_last(history.get("accuracy")), "{:.2%}")),
         ("test loss", _float(phase["test_loss"], "{:.4f}")),
         ("test accuracy", _float(phase["test_accuracy"], "{:.2%}")),
         ("trainable params", _number(phase["trainable_params"])),
@@ -138,6 +141,11 @@ def format_phase(phase: Mapping[str, Any]) -> str:
         ("frozen groups", ", ".join(phase["frozen_groups"]) or "none"),
         ("frozen weights", _verdict(phase)),
     ]
+
+
+def format_phase(phase: Mapping[str, Any]) -> str:
+    """A small two-column table of one phase of a report, for a terminal."""
+    rows = phase_rows(phase)
     width = max(len(label) for label, _ in rows)
     lines = [f"Phase '{phase['name']}'"]
     lines += [f"  {label:<{width}}  {value}" for label, value in rows]
@@ -145,42 +153,23 @@ def format_phase(phase: Mapping[str, Any]) -> str:
 
 
 def format_markdown(report: Mapping[str, Any]) -> str:
-    """`report.md`: the run as a short Markdown page."""
-    header = (
-        "| phase | classes | train samples | epochs | seconds | samples/s "
-        "| test loss | test accuracy | trainable params | frozen params "
-        "| frozen groups | frozen weights |"
-    )
+    """`report.md`: the run as a short Markdown page, a table per phase."""
     lines = [
         "# Transfer run report",
         "",
         f"- Data: {report['dataset']}",
         f"- Total: {report['total_seconds']:.1f} s",
-        "",
-        header,
-        "|" + "---|" * (header.count("|") - 1),
     ]
     for phase in report["phases"]:
-        cells = [
-            phase["name"],
-            _classes(phase["classes"]),
-            _number(phase["train_samples"]),
-            str(phase["epochs"]),
-            f"{phase['seconds']:.1f}",
-            _float(phase.get("samples_per_second"), "{:,.0f}"),
-            _float(phase["test_loss"], "{:.4f}"),
-            _float(phase["test_accuracy"], "{:.2%}"),
-            _number(phase["trainable_params"]),
-            _number(phase["non_trainable_params"]),
-            ", ".join(phase["frozen_groups"]) or "none",
-            _verdict(phase),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"## Phase '{phase['name']}'", "", "| | |", "|---|---|"]
+        lines += [f"| {label} | {value} |" for label, value in phase_rows(phase)]
     figures = report.get("figures") or {}
-    if "skipped" in figures:
-        lines += ["", f"Figures skipped: {figures['skipped']}"]
+    if figures:
+        lines += ["", "## Figures"]
     for title, name in figures.items():
-        if title != "skipped":
+        if title == "skipped":
+            lines += ["", f"Figures skipped: {name}"]
+        else:
             lines += ["", f"![{title.replace('_', ' ')}]({name})"]
     settings = report.get("settings") or {}
     if settings:
@@ -270,6 +259,10 @@ def _classes(classes) -> str:
     if classes == list(range(classes[0], classes[-1] + 1)) and len(classes) > 2:
         return f"{classes[0]}-{classes[-1]}"
     return ", ".join(str(c) for c in classes)
+
+
+def _last(values):
+    return values[-1] if values else None
 
 
 def _number(value) -> str:
