@@ -265,9 +265,14 @@ def test_a_crash_between_checkpoint_and_state_leaves_the_previous_pair(
     assert state_of(tmp_path) == recorded
     assert checkpoints(tmp_path) == [recorded["checkpoint"]]
     # A kill leaves an unrecorded checkpoint behind: the next run removes it.
-    (tmp_path / "checkpoint-000099.keras").write_bytes(b"partial")
+    (tmp_path / "checkpoint-000099.keras").write_bytes(b"complete, unrecorded")
+    (tmp_path / ".checkpoint-000100.partial.keras").write_bytes(b"half")
+    (tmp_path / ".run.json.x1y2.tmp").write_bytes(b"half")
     again = make_run(tmp_path)
-    assert checkpoints(tmp_path) == [recorded["checkpoint"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        recorded["checkpoint"],
+        "run.json",
+    ]
     again.train(data, epochs=1)
     assert again.fine_tune(data, freeze="features", epochs=2).frozen_unchanged
 
@@ -294,7 +299,11 @@ def test_a_full_disk_names_the_folder_and_keeps_the_last_checkpoint(
     monkeypatch.undo()
 
     assert state_of(tmp_path) == recorded
-    assert checkpoints(tmp_path) == [recorded["checkpoint"]]
+    # The half-written file is gone; the recorded pair is untouched.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        recorded["checkpoint"],
+        "run.json",
+    ]
 
 
 def test_an_unwritable_folder_is_refused_up_front(tmp_path):

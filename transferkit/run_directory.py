@@ -31,9 +31,9 @@ class RunDirectory:
     `run.json` records the plan (one entry per phase), each phase's progress
     and results, the random-seed state of the model, and the name of the
     checkpoint that holds the weights and optimizer state. A save writes the
-    new checkpoint under a new name, syncs it, then replaces `run.json`
-    atomically, then deletes the old checkpoint: a kill at any moment leaves
-    a `run.json` that names a complete checkpoint.
+    new checkpoint to a temporary file, syncs it and renames it to a new name,
+    then replaces `run.json` the same way, then deletes the old checkpoint: a
+    kill at any moment leaves a `run.json` that names a complete checkpoint.
 
     Args:
         path: the folder; created if needed.
@@ -93,15 +93,18 @@ class RunDirectory:
         number = _checkpoint_number(previous) + 1 if previous else 1
         name = f"checkpoint-{number:06d}.keras"
         path = self.path / name
+        # Keras insists on the .keras suffix, so the temporary name keeps it.
+        partial = self.path / f".{name[: -len('.keras')]}.partial.keras"
         try:
-            model.save(path)
-            _fsync(path)
+            model.save(partial)
+            _fsync(partial)
+            os.replace(partial, path)
         except OSError as error:
-            path.unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
             kept = (
                 f"the previous checkpoint {previous!r} is intact"
                 if previous
-                else ("no checkpoint existed yet")
+                else "no checkpoint existed yet"
             )
             raise type(error)(
                 f"Could not save a checkpoint in {str(self.path)!r} "
@@ -109,7 +112,7 @@ class RunDirectory:
                 "the folder, then run the same plan again to resume."
             ) from error
         except BaseException:
-            path.unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
             raise
         state["checkpoint"] = name
         try:
@@ -128,11 +131,14 @@ class RunDirectory:
         _fsync_directory(self.path)
 
     def remove_orphans(self, state: dict[str, Any] | None) -> None:
-        """Deletes checkpoints that `run.json` does not name (a crash between
-        writing a checkpoint and recording it leaves one)."""
+        """Deletes what a kill can leave behind: checkpoints that `run.json`
+        does not name, and temporary files of unfinished writes."""
         keep = state.get("checkpoint") if state else None
         for path in self.path.glob("checkpoint-*.keras"):
             if path.name != keep and _CHECKPOINT.fullmatch(path.name):
+                path.unlink(missing_ok=True)
+        for pattern in (".checkpoint-*.partial.keras", f".{self.STATE_FILE}.*.tmp"):
+            for path in self.path.glob(pattern):
                 path.unlink(missing_ok=True)
 
     def restore(self, model: keras.Model, state: dict[str, Any]) -> None:
