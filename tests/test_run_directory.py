@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 
 import keras
@@ -195,7 +196,7 @@ def test_a_different_plan_is_an_error_that_leaves_the_folder_alone(tmp_path):
     run = make_run(tmp_path)
     with pytest.raises(
         CheckpointError,
-        match=r"run.json' holds a different plan: its phase 1 is train\(name='train', epochs=2",
+        match=r"run.json' holds a different plan: its phase 1 \('train'\) differs in epochs: recorded 2, now 3\. Nothing was overwritten",
     ):
         run.train(data, epochs=3)
     with pytest.raises(CheckpointError, match="different plan"):
@@ -366,3 +367,34 @@ def test_resuming_with_other_groups_frozen_is_refused(tmp_path):
         match=r"was interrupted with the groups \['features'\] frozen, but now \[\] are",
     ):
         again.train(data, epochs=3)
+
+
+@pytest.mark.parametrize(
+    "change, shown",
+    [
+        (
+            {"optimizer": keras.optimizers.Adam(learning_rate=0.5)},
+            "optimizer.learning_rate: recorded 0.00",
+        ),
+        ({"batch_size": 8}, "batch_size: recorded 16, now 8"),
+        (
+            {"loss": "categorical_crossentropy"},
+            "loss: recorded 'sparse_categorical_crossentropy', now 'categorical_crossentropy'",
+        ),
+    ],
+    ids=["learning_rate", "batch_size", "loss"],
+)
+def test_other_training_settings_are_a_different_plan(tmp_path, change, shown):
+    data = make_data()
+    plan(make_run(tmp_path), data)
+    settings = {"optimizer": "adam", "loss": LOSS, "batch_size": 16, **change}
+
+    run = TransferRun(
+        make_model(dropout=True), verbose=0, directory=tmp_path, **settings
+    )
+
+    with pytest.raises(
+        CheckpointError,
+        match=rf"different plan: its phase 1 \('train'\) differs in {re.escape(shown)}",
+    ):
+        run.train(data, epochs=2, validation_data=data)

@@ -413,12 +413,18 @@ class TransferRun:
                 )
             # fit takes a dataset as it is, arrays as an (x, y) tuple.
             validation = validation[0] if len(validation) == 1 else validation
+        fresh_optimizer = _fresh_optimizer(
+            self._optimizer if optimizer is None else optimizer
+        )
         spec = {
             "kind": kind,
             "name": name,
             "epochs": epochs,
             "freeze": [group.name for group in freeze],
             "data": _data_fingerprint(data, train_samples, classes),
+            "batch_size": self._batch_size_for(data),
+            "optimizer": _optimizer_fingerprint(fresh_optimizer),
+            "loss": _loss_name(self._loss),
         }
         index = len(self._results)
         record = self._recorded_phase(index, spec)
@@ -428,9 +434,6 @@ class TransferRun:
             result = PhaseResult.from_dict(record["result"])
             self._results.append(result)
             return result
-        fresh_optimizer = _fresh_optimizer(
-            self._optimizer if optimizer is None else optimizer
-        )
 
         previous = {id(g): [layer.trainable for layer in g] for g in freeze}
         for group in freeze:
@@ -566,12 +569,13 @@ class TransferRun:
         if index >= len(phases):
             return None
         recorded = phases[index]["spec"]
-        if recorded != json.loads(json.dumps(spec)):
+        differences = _differences(recorded, json.loads(json.dumps(spec)))
+        if differences:
             raise CheckpointError(
                 f"{self._state_file()} holds a different plan: its phase "
-                f"{index + 1} is {_describe(recorded)}, but this call is "
-                f"{_describe(spec)}. Nothing was overwritten; run the same plan "
-                "to resume, or use another folder."
+                f"{index + 1} ('{recorded['name']}') differs in "
+                f"{'; '.join(differences)}. Nothing was overwritten; run the same "
+                "plan to resume, or use another folder."
             )
         return phases[index]
 
@@ -722,15 +726,29 @@ class TransferRun:
         return dataset.map(one_hot)
 
 
+def _loss_name(loss) -> str:
+    """`loss` as a snake_case name: `"categorical_crossentropy"` for the
+    string, the `CategoricalCrossentropy` object or the function alike."""
+    if isinstance(loss, str):
+        return loss
+    if isinstance(loss, keras.losses.Loss):
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", type(loss).__name__).lower()
+    return getattr(loss, "__name__", type(loss).__name__)
+
+
 def _expects_one_hot(loss) -> bool:
     """Whether `loss` is a categorical loss that takes one-hot targets."""
-    if isinstance(loss, str):
-        name = loss
-    elif isinstance(loss, keras.losses.Loss):
-        name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(loss).__name__).lower()
-    else:
-        name = getattr(loss, "__name__", "")
+    name = _loss_name(loss)
     return "categorical" in name and "sparse" not in name
+
+
+def _optimizer_fingerprint(optimizer) -> dict[str, Any]:
+    """The optimizer's class and settings, as a plan records them."""
+    config = dict(optimizer.get_config())
+    config.pop("name", None)
+    return json.loads(
+        json.dumps({"class": type(optimizer).__name__, **config}, default=str)
+    )
 
 
 def _check_optimizer_spec(spec, argument):
@@ -911,9 +929,16 @@ def _data_fingerprint(data, samples, classes) -> dict[str, Any]:
     }
 
 
-def _describe(spec) -> str:
-    freeze = f"freeze={spec['freeze']}, " if spec["freeze"] else ""
-    return (
-        f"{spec['kind']}(name={spec['name']!r}, {freeze}epochs={spec['epochs']}, "
-        f"data={spec['data']})"
-    )
+def _differences(recorded, current, prefix="") -> list[str]:
+    """`"key: recorded A, now B"` for every leaf where two plans differ."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        return [
+            difference
+            for key in dict.fromkeys([*recorded, *current])
+            for difference in _differences(
+                recorded.get(key), current.get(key), f"{prefix}{key}."
+            )
+        ]
+    if recorded == current:
+        return []
+    return [f"{prefix[:-1]}: recorded {recorded!r}, now {current!r}"]
