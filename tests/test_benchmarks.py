@@ -1,0 +1,61 @@
+"""The benchmark runs end to end on a tiny input (no timing assertions)."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from transferkit import mnist
+
+RUNNER = Path(__file__).parents[1] / "benchmarks" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def runner():
+    spec = importlib.util.spec_from_file_location("benchmark_run", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    sample = mnist.load_sample()
+    path = tmp_path / "tiny.npz"
+    np.savez(
+        path,
+        x_train=sample.x_train[:300],
+        y_train=sample.y_train[:300],
+        x_test=sample.x_test[:100],
+        y_test=sample.y_test[:100],
+    )
+    return path
+
+
+def test_the_benchmark_prints_a_table_of_both_variants(runner, tiny, capsys):
+    text = runner.main(["--data", str(tiny), "--repeats", "1", "--epochs", "1"])
+
+    assert text in capsys.readouterr().out
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| variant | phase 1 s | phase 2 s | process s")
+    assert [row.split(" | ")[0] for row in rows[1:]] == [
+        "| plain Keras 3",
+        "| transferkit",
+    ]
+    plain = rows[1].split(" | ")
+    assert plain[-2:] == ["1.00x", "1.00x |"]
+    for row in rows[1:]:
+        cells = row.strip("| ").split(" | ")
+        assert all(float(cell) > 0 for cell in cells[1:4])
+        assert all(0 <= float(cell.rstrip("%")) <= 100 for cell in cells[4:6])
+        assert float(cells[6]) > 100  # Peak MiB of a process running TensorFlow.
+
+
+def test_synthesize_makes_an_mnist_layout_set_of_the_asked_size(runner, tiny, tmp_path):
+    path = runner.synthesize(tiny, 700, tmp_path / "synth.npz", seed=0)
+    with np.load(path) as data:
+        assert data["x_train"].shape == (600, 28, 28)
+        assert data["x_test"].shape == (100, 28, 28)
+        assert data["x_train"].dtype == np.uint8
+        assert set(np.unique(data["y_train"])) <= set(range(10))
