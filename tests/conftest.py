@@ -1,11 +1,13 @@
 """Shared fixtures: a tiny grouped model and tiny synthetic data."""
 
+import importlib.util
+
 import keras
 import numpy as np
 import pytest
 from keras import layers
 
-from transferkit import LayerGroup
+from transferkit import LayerGroup, mnist
 
 IMAGE_SHAPE = (8, 8, 1)
 NUM_CLASSES = 3
@@ -75,3 +77,24 @@ def model():
 @pytest.fixture
 def data():
     return make_data()
+
+
+def load_script(path):
+    """Imports a script that is not in a package (an example, a benchmark)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def shipped_digits(path, train, test):
+    """The first digits of the shipped sample, saved as a Keras mnist.npz."""
+    sample = mnist.load_sample()
+    np.savez(
+        path,
+        x_train=sample.x_train[:train],
+        y_train=sample.y_train[:train],
+        x_test=sample.x_test[:test],
+        y_test=sample.y_test[:test],
+    )
+    return path

@@ -1,36 +1,22 @@
 """The benchmark runs end to end on a tiny input (no timing assertions)."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-from transferkit import mnist
+from conftest import load_script, shipped_digits
 
 RUNNER = Path(__file__).parents[1] / "benchmarks" / "run.py"
 
 
 @pytest.fixture(scope="module")
 def runner():
-    spec = importlib.util.spec_from_file_location("benchmark_run", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(RUNNER)
 
 
 @pytest.fixture
 def tiny(tmp_path):
-    sample = mnist.load_sample()
-    path = tmp_path / "tiny.npz"
-    np.savez(
-        path,
-        x_train=sample.x_train[:300],
-        y_train=sample.y_train[:300],
-        x_test=sample.x_test[:100],
-        y_test=sample.y_test[:100],
-    )
-    return path
+    return shipped_digits(tmp_path / "tiny.npz", train=300, test=100)
 
 
 def test_the_benchmark_prints_a_table_of_both_variants(runner, tiny, capsys):

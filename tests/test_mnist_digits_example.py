@@ -1,6 +1,5 @@
 """The reference example, end to end on digits shipped with transferkit."""
 
-import importlib.util
 import json
 import os
 import re
@@ -13,6 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import load_script, shipped_digits
 
 from transferkit import mnist
 
@@ -21,23 +21,7 @@ EXAMPLE = Path(__file__).parents[1] / "examples" / "mnist_digits.py"
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("mnist_digits", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def shipped_digits(path, train, test):
-    """The first shipped digits, in the Keras mnist.npz layout."""
-    sample = mnist.load_sample()
-    np.savez(
-        path,
-        x_train=sample.x_train[:train],
-        y_train=sample.y_train[:train],
-        x_test=sample.x_test[:test],
-        y_test=sample.y_test[:test],
-    )
-    return path
+    return load_script(EXAMPLE)
 
 
 @pytest.fixture
