@@ -38,6 +38,7 @@ from transferkit.report import (
     build_report,
     confusion_matrix,
     ensure_writable,
+    figures_line,
     format_phase,
     write_report,
 )
@@ -223,11 +224,7 @@ def main(argv=None) -> dict:
     if args.out:
         json_path, md_path = write_report(args.out, report)
         print(f"Wrote {json_path} and {md_path}")
-        figures = report["figures"]
-        if "skipped" in figures:
-            print(f"Figures skipped: {figures['skipped']}")
-        else:
-            print("Figures: " + ", ".join(figures.values()))
+        print(figures_line(report))
     return report
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from transferkit.report import ReportError, format_phase, load_report
+from transferkit.report import ReportError, figures_line, format_phase, load_report
 
 
 def main(argv=None) -> int:
@@ -28,11 +28,9 @@ def main(argv=None) -> int:
     for phase in report["phases"]:
         print(format_phase(phase), end="\n\n")
     print(f"Total: {report['total_seconds']:.1f} s")
-    figures = report.get("figures") or {}
-    if "skipped" in figures:
-        print(f"Figures skipped: {figures['skipped']}")
-    elif figures:
-        print("Figures: " + ", ".join(figures.values()))
+    line = figures_line(report)
+    if line:
+        print(line)
     return 0
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "build_report",
     "confusion_matrix",
     "ensure_writable",
+    "figures_line",
     "format_markdown",
     "format_phase",
     "load_report",
@@ -150,6 +151,17 @@ def format_phase(phase: Mapping[str, Any]) -> str:
     lines = [f"Phase '{phase['name']}'"]
     lines += [f"  {label:<{width}}  {value}" for label, value in rows]
     return "\n".join(lines)
+
+
+def figures_line(report: Mapping[str, Any]) -> str | None:
+    """One line naming the report's figures or why they were skipped;
+    `None` when the report has no figure entry."""
+    figures = report.get("figures") or {}
+    if "skipped" in figures:
+        return f"Figures skipped: {figures['skipped']}"
+    if figures:
+        return "Figures: " + ", ".join(figures.values())
+    return None
 
 
 def format_markdown(report: Mapping[str, Any]) -> str:

@@ -35,6 +35,10 @@ Data: TypeAlias = ClassSubset | tuple | tf.data.Dataset
 `tf.data.Dataset` of `(x, y)`."""
 
 
+# PhaseResult fields held as tuples, stored as JSON lists.
+_TUPLE_FIELDS = ("frozen_groups", "changed_variables", "classes")
+
+
 @dataclasses.dataclass(frozen=True)
 class PhaseResult:
     """What one phase of a `TransferRun` did, measured and checked."""
@@ -84,7 +88,7 @@ class PhaseResult:
     def from_dict(cls, record: Mapping[str, Any]) -> PhaseResult:
         """The inverse of `to_dict`."""
         record = dict(record)
-        for key in ("frozen_groups", "changed_variables", "classes"):
+        for key in _TUPLE_FIELDS:
             if record[key] is not None:
                 record[key] = tuple(record[key])
         return cls(**record)
@@ -92,7 +96,7 @@ class PhaseResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary of the record."""
         record = dataclasses.asdict(self)
-        for key in ("frozen_groups", "changed_variables", "classes"):
+        for key in _TUPLE_FIELDS:
             if record[key] is not None:
                 record[key] = list(record[key])
         return record
