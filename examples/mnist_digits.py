@@ -34,6 +34,7 @@ import numpy as np
 from keras import layers
 
 from transferkit import LayerGroup, TransferRun, mnist, split_classes
+from transferkit.precision import PRECISIONS
 from transferkit.report import (
     build_report,
     confusion_matrix,
@@ -42,6 +43,9 @@ from transferkit.report import (
     format_phase,
     write_report,
 )
+
+
+FAST_STEPS_PER_EXECUTION = 32
 
 
 def build_model() -> keras.Sequential:
@@ -127,12 +131,44 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="skip the check for NaN and infinite values in the data",
     )
     parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="every speed-up that keeps the accuracy: the lean training step "
+        "(Dropout on bit masks, fused optimizer updates), --precision auto and "
+        f"--steps-per-execution {FAST_STEPS_PER_EXECUTION}, unless given",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="dtype policy: auto picks mixed_bfloat16 on a CPU with bfloat16 "
+        "instructions, mixed_float16 on a GPU (default: float32, or auto "
+        "with --fast)",
+    )
+    parser.add_argument(
+        "--steps-per-execution",
+        type=_positive_int,
+        help="training steps per call into TensorFlow (default: 1, or "
+        f"{FAST_STEPS_PER_EXECUTION} with --fast)",
+    )
+    parser.add_argument(
+        "--no-feature-cache",
+        dest="feature_cache",
+        action="store_false",
+        help="run the frozen layers on every step of the fine-tuning instead "
+        "of once (the cache is exact, and on by default)",
+    )
+    parser.add_argument(
         "--verbose",
         choices=["auto", "0", "1", "2"],
         default="auto",
         help="Keras progress output (default: auto)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.precision is None:
+        args.precision = "auto" if args.fast else "float32"
+    if args.steps_per_execution is None:
+        args.steps_per_execution = FAST_STEPS_PER_EXECUTION if args.fast else 1
+    return args
 
 
 def _positive_int(text: str) -> int:
@@ -186,7 +222,13 @@ def main(argv=None) -> dict:
         directory=args.out,
         seed=args.seed,
         check_finite=args.check_finite,
+        precision=args.precision,
+        feature_cache=args.feature_cache,
+        steps_per_execution=args.steps_per_execution,
+        lean_step=args.fast,
     )
+    if run.precision != "float32":
+        print(f"Precision: {run.precision} ({run.precision_reason}).", flush=True)
     resumed = bool(run.saved_phases)
     for name, done, epochs, finished in run.saved_phases:
         state = "finished" if finished else f"resuming after epoch {done} of {epochs}"
@@ -212,6 +254,12 @@ def main(argv=None) -> dict:
             # total_seconds covers this invocation only; the phases' seconds
             # include the sessions before a resume.
             "resumed": resumed,
+            "fast": args.fast,
+            "precision": run.precision,
+            "precision_reason": run.precision_reason,
+            "feature_cache": args.feature_cache,
+            "steps_per_execution": args.steps_per_execution,
+            "lean_step": args.fast,
         },
         confusion=confusion_matrix(
             run.model, high_test, phase=last.name, batch_size=args.batch_size

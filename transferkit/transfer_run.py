@@ -20,7 +20,10 @@ import numpy as np
 import tensorflow as tf
 
 from transferkit.class_subset import ClassSubset
+from transferkit.feature_cache import CachePlan, FeatureCache, plan_cache
 from transferkit.layer_group import LayerGroup
+from transferkit.lean_step import LeanDropout, fuse_updates, lean_layers
+from transferkit.precision import apply_precision, resolve_precision
 from transferkit.run_directory import CheckpointError, RunDirectory, seed_states
 
 __all__ = ["PhaseResult", "TransferRun"]
@@ -84,6 +87,29 @@ class PhaseResult:
     """Original class ids of the training data, when it was a
     `ClassSubset`."""
 
+    precision: str = "float32"
+    """The dtype policy the model computed in (`"float32"`,
+    `"mixed_bfloat16"`, `"mixed_float16"`)."""
+
+    steps_per_execution: int = 1
+    """Training steps per call into TensorFlow."""
+
+    cached_layers: int = 0
+    """Leading layers of the model computed once, before training, from the
+    feature cache; 0 when the cache was not used."""
+
+    cache: str = ""
+    """Where the cache was held (e.g. `"270.0 MiB in memory, layers
+    conv2d..max_pooling2d; stops before layer 'dropout' (Dropout) ..."`), or
+    why it was not used (e.g. `"not used: no group is frozen"`)."""
+
+    cache_seconds: float = 0.0
+    """Seconds spent computing the cache (part of `seconds`)."""
+
+    lean_step: str = ""
+    """What the lean training step changed (e.g. `"2 Dropout layers on bit
+    masks; fused Adadelta updates"`); empty when it was off."""
+
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> PhaseResult:
         """The inverse of `to_dict`."""
@@ -144,6 +170,34 @@ class TransferRun:
             `None`.
         check_finite: check array data for NaN and infinite values before
             each phase (one pass over the data). Defaults to `False`.
+        precision: `"float32"`, `"mixed_bfloat16"`, `"mixed_float16"`, or
+            `"auto"`: mixed float16 with a GPU, mixed bfloat16 on a CPU with
+            bfloat16 instructions, float32 otherwise. Under a mixed policy
+            every layer but the last computes in 16 bits, while weights,
+            optimizer state and the output stay float32. Defaults to
+            `"float32"` (the model's policies are left as they are).
+        feature_cache: when the frozen groups start a `Sequential` model,
+            compute their output once per phase (in inference mode) and
+            train the rest of the model on it, for training and validation
+            data given as arrays. The cache stops before the first frozen
+            layer whose output depends on `training` or on random numbers
+            (Dropout, noise, augmentation, a trainable BatchNormalization),
+            so the phase computes the same function as without it. Each
+            `PhaseResult.cache` says what was cached, or why nothing was.
+            Defaults to `True`.
+        feature_cache_memory: bytes of cached features held in memory; a
+            larger cache goes to files in `directory` (or a temporary
+            folder), deleted at the end of the phase, and is read back one
+            batch at a time. Defaults to `2**30` (1 GiB).
+        steps_per_execution: training steps per call into TensorFlow
+            (`compile(steps_per_execution=...)`); more steps per call cost
+            less Python overhead per step. Batch-level callbacks then run
+            once per call. Defaults to `1`.
+        lean_step: train a `Sequential` model with `Dropout` masks drawn
+            from random bits instead of floats (the same keep probability)
+            and with TensorFlow's fused update kernels for Adadelta, SGD
+            and Adam (the same formulas). The model itself keeps Keras'
+            layers; see `transferkit.lean_step`. Defaults to `False`.
 
     Ctrl-C during a phase finishes the current epoch, saves it (with a
     `directory`), and raises `KeyboardInterrupt` saying how to resume; a
@@ -179,6 +233,11 @@ class TransferRun:
         directory: str | os.PathLike | None = None,
         seed: int | None = None,
         check_finite: bool = False,
+        precision: str = "float32",
+        feature_cache: bool = True,
+        feature_cache_memory: int = 2**30,
+        steps_per_execution: int = 1,
+        lean_step: bool = False,
     ):
         groups = getattr(model, "groups", None)
         if not isinstance(model, keras.Model) or not isinstance(groups, Mapping):
@@ -191,16 +250,19 @@ class TransferRun:
             raise ValueError(
                 "Expected a model with at least one group. Received a model with none."
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-            raise TypeError(
-                "Expected `batch_size` to be a positive integer. Received: "
-                f"batch_size={batch_size!r}"
-            )
-        if batch_size < 1:
-            raise ValueError(
-                "Expected `batch_size` to be a positive integer. Received: "
-                f"batch_size={batch_size}"
-            )
+        _require_count(batch_size, "batch_size")
+        _require_count(steps_per_execution, "steps_per_execution")
+        _require_count(feature_cache_memory, "feature_cache_memory", minimum=0)
+        for argument, value in (
+            ("feature_cache", feature_cache),
+            ("lean_step", lean_step),
+        ):
+            if not isinstance(value, bool):
+                raise TypeError(
+                    f"Expected `{argument}` to be True or False. Received: "
+                    f"{argument}={value!r}"
+                )
+        policy, self.precision_reason = resolve_precision(precision)
         _check_optimizer_spec(optimizer, "optimizer")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(
@@ -215,6 +277,12 @@ class TransferRun:
         self._verbose = verbose
         self._seed = seed
         self._check_finite = check_finite
+        self._policy = policy
+        self._feature_cache = feature_cache
+        self._feature_cache_memory = feature_cache_memory
+        self._steps_per_execution = steps_per_execution
+        self._lean_step = lean_step
+        apply_precision(model, policy)
         self._results: list[PhaseResult] = []
         self._directory = None if directory is None else RunDirectory(directory)
         self._state = self._open_state()
@@ -223,6 +291,12 @@ class TransferRun:
     def model(self) -> keras.Model:
         """The model being trained."""
         return self._model
+
+    @property
+    def precision(self) -> str:
+        """The dtype policy the model computes in; `precision_reason` says
+        why (`"as asked"`, or what `"auto"` found)."""
+        return self._policy
 
     @property
     def results(self) -> list[PhaseResult]:
@@ -420,6 +494,7 @@ class TransferRun:
         fresh_optimizer = _fresh_optimizer(
             self._optimizer if optimizer is None else optimizer
         )
+        fused = self._lean_step and fuse_updates(fresh_optimizer)
         spec = {
             "kind": kind,
             "name": name,
@@ -430,6 +505,8 @@ class TransferRun:
             "optimizer": _optimizer_fingerprint(fresh_optimizer),
             "loss": _loss_name(self._loss),
         }
+        if self._policy != "float32":  # Recorded only when set, as runs before.
+            spec["precision"] = self._policy
         index = len(self._results)
         record = self._recorded_phase(index, spec)
         if record is not None and record["result"] is not None:
@@ -473,12 +550,16 @@ class TransferRun:
                 f"{list(frozen_names)} are. Freeze the same groups to resume it."
             )
 
-        self._model.compile(
-            optimizer=fresh_optimizer,
-            loss=self._loss,
-            metrics=self._metrics,
-            jit_compile=self._jit_compile,
-        )
+        compile_args = {
+            "optimizer": fresh_optimizer,
+            "loss": self._loss,
+            "metrics": self._metrics,
+            "jit_compile": self._jit_compile,
+            "steps_per_execution": self._steps_per_execution,
+        }
+        # Compiled even when the cache trains a head model: `evaluate`, the
+        # checkpoints and resuming use the whole model and this optimizer.
+        self._model.compile(**compile_args)
         done = record["epochs_done"]
         if done:  # Resume: the optimizer state of the last saved epoch.
             fresh_optimizer.build(self._model.trainable_variables)
@@ -489,19 +570,48 @@ class TransferRun:
         recorder = _EpochRecorder(
             record, lambda: seconds_before + time.perf_counter() - start, self
         )
+        plan = self._plan_cache(data, validation_data, frozen_names)
+        cache, cache_seconds, lean_count = None, 0.0, 0
         if done < epochs:
-            with _StopAfterEpoch(recorder):
-                self._model.fit(
-                    *inputs,
-                    batch_size=self._batch_size_for(data),
-                    # A dataset shuffles itself; Keras warns if asked to.
-                    shuffle=not isinstance(data, tf.data.Dataset),
-                    initial_epoch=done,
-                    epochs=epochs,
-                    validation_data=validation,
-                    callbacks=[recorder, *(callbacks or ())],
-                    verbose=self._verbose if verbose is None else verbose,
-                )
+            trainer, train_args = self._model, {
+                "x": inputs[0],
+                "y": inputs[1] if len(inputs) > 1 else None,
+                "batch_size": self._batch_size_for(data),
+            }
+            if plan.layers:
+                cache_start = time.perf_counter()
+                cache = self._build_cache(plan, inputs, validation)
+                cache_seconds = time.perf_counter() - cache_start
+                train_args = {
+                    "x": cache.dataset(
+                        "train", inputs[1], self._batch_size, shuffle=True
+                    )
+                }
+                if validation is not None:
+                    validation = cache.dataset(
+                        "validation", validation[1], self._batch_size, shuffle=False
+                    )
+            if cache is not None or (
+                self._lean_step and isinstance(self._model, keras.Sequential)
+            ):
+                trainer = self._trainer(plan.layers if cache else 0, cache)
+                trainer.compile(**compile_args)
+            lean_count = sum(isinstance(x, LeanDropout) for x in trainer.layers)
+            try:
+                with _StopAfterEpoch(recorder):
+                    trainer.fit(
+                        **train_args,
+                        # A dataset shuffles itself; Keras warns if asked to.
+                        shuffle=isinstance(train_args["x"], np.ndarray),
+                        initial_epoch=done,
+                        epochs=epochs,
+                        validation_data=validation,
+                        callbacks=[recorder, *(callbacks or ())],
+                        verbose=self._verbose if verbose is None else verbose,
+                    )
+            finally:
+                if cache is not None:
+                    cache.close()
             if recorder.interrupted:
                 raise KeyboardInterrupt(self._interrupted_message(record, epochs))
 
@@ -532,6 +642,15 @@ class TransferRun:
             frozen_unchanged=(not changed) if frozen else None,
             changed_variables=changed,
             classes=classes,
+            precision=self._policy,
+            steps_per_execution=self._steps_per_execution,
+            cached_layers=plan.layers if cache is not None else 0,
+            cache=self._describe_cache(plan, cache),
+            cache_seconds=cache_seconds,
+            lean_step="; ".join(
+                [f"{lean_count} Dropout layers on bit masks"] * bool(lean_count)
+                + [f"fused {type(fresh_optimizer).__name__} updates"] * fused
+            ),
         )
         record["result"] = result.to_dict()
         record["seconds"] = result.seconds
@@ -539,6 +658,55 @@ class TransferRun:
             self._directory.write_state(self._state)
         self._results.append(result)
         return result
+
+    def _plan_cache(self, data, validation_data, frozen_names) -> CachePlan:
+        if not self._feature_cache:
+            return CachePlan(0, "turned off (feature_cache=False)")
+        for argument, value in (("data", data), ("validation_data", validation_data)):
+            if isinstance(value, tf.data.Dataset):
+                return CachePlan(0, f"`{argument}` is a tf.data.Dataset, not arrays")
+        return plan_cache(self._model, frozen_names)
+
+    def _build_cache(self, plan, inputs, validation) -> FeatureCache:
+        arrays = {"train": inputs[0]}
+        if validation is not None:
+            arrays["validation"] = validation[0]
+        return FeatureCache(
+            self._model.layers[: plan.layers],
+            arrays,
+            memory_limit=self._feature_cache_memory,
+            folder=None if self._directory is None else self._directory.path,
+        )
+
+    def _trainer(self, start, cache) -> keras.Sequential:
+        """A model of the layers from `start` on, sharing their weights, that
+        takes the cache's features (or the model's input when `start` is 0),
+        with lean layers if asked for."""
+        layers = self._model.layers[start:]
+        if self._lean_step:
+            layers = lean_layers(layers)
+        head = keras.Sequential(
+            [
+                keras.Input(cache.sample_shape, dtype=cache.dtype)
+                if cache is not None
+                else keras.Input(self._model.input_shape[1:]),
+                *layers,
+            ],
+            name=f"{self._model.name}_trainer",
+        )
+        if self._policy != "float32":
+            head.dtype_policy = self._policy  # Keras scales float16 losses by it.
+        return head
+
+    def _describe_cache(self, plan, cache) -> str:
+        if not plan.layers:
+            return f"not used: {plan.reason}"
+        cached = self._model.layers[: plan.layers]
+        names = cached[0].name if len(cached) == 1 else (
+            f"{cached[0].name}..{cached[-1].name}"
+        )
+        where = cache.describe() if cache is not None else "not needed (resumed)"
+        return f"{where}; layers {names}: {plan.reason}"
 
     def _open_state(self) -> dict[str, Any]:
         """The run's state: loaded from `directory` (weights restored), or new."""
@@ -728,6 +896,20 @@ class TransferRun:
                 return (x, tf.one_hot(y, width)) + rest
 
         return dataset.map(one_hot)
+
+
+def _require_count(value, argument, minimum=1) -> None:
+    """Raises unless `value` is an integer >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(
+            f"Expected `{argument}` to be an integer. Received: "
+            f"{argument}={value!r}"
+        )
+    if value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(
+            f"Expected `{argument}` to be {what}. Received: {argument}={value}"
+        )
 
 
 def _loss_name(loss) -> str:

@@ -1,0 +1,263 @@
+"""The frozen-prefix feature cache: compute frozen layers once per phase.
+
+When the leading groups of a `Sequential` model are frozen, their output for a
+sample is the same on every step of a phase, provided that no layer among them
+behaves differently in training: a frozen `BatchNormalization` runs in
+inference mode, but a `Dropout`, a `GaussianNoise` or a random augmentation
+layer draws new noise each step. The cache therefore covers the frozen layers
+up to the first layer whose output depends on `training` (or draws random
+numbers); that layer and everything after it run on every step, exactly as
+without the cache.
+
+The cached outputs live in memory while they fit under a bound, otherwise in
+a file, read back a batch at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["CachePlan", "FeatureCache", "plan_cache"]
+
+_FORWARD_BATCH = 1024
+"""Samples per forward pass while filling the cache."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CachePlan:
+    """Which leading layers of a model a phase can serve from the cache."""
+
+    layers: int
+    """Leading layers of `model.layers` whose output is cached; 0 when the
+    cache cannot be used."""
+
+    reason: str
+    """Why the cache stops where it does, or why it cannot be used."""
+
+
+def plan_cache(model: keras.Model, frozen: Sequence[str]) -> CachePlan:
+    """The leading layers of `model` a phase can compute once.
+
+    Args:
+        model: a `Sequential` model with `groups`.
+        frozen: names of the groups frozen for the phase.
+
+    Returns:
+        A `CachePlan`; its `layers` is 0 when the frozen groups do not start
+        the model, the model is not a `Sequential`, or its first frozen layer
+        depends on `training`.
+    """
+    if not frozen:
+        return CachePlan(0, "no group is frozen")
+    if not isinstance(model, keras.Sequential):
+        return CachePlan(
+            0, f"the model is a {type(model).__name__}, not a Sequential"
+        )
+    prefix = []
+    for name, group in model.groups.items():
+        if name not in frozen:
+            break
+        prefix.extend(group)
+    if not prefix:
+        first = next(iter(model.groups))
+        return CachePlan(
+            0,
+            f"the frozen groups {list(frozen)} do not start the model (its "
+            f"first group, '{first}', trains)",
+        )
+    if list(model.layers[: len(prefix)]) != prefix:
+        return CachePlan(0, "the groups do not list the model's layers in order")
+    for index, layer in enumerate(prefix):
+        why = _varies_in_training(layer)
+        if why:
+            stop = f"layer '{layer.name}' ({type(layer).__name__}), which {why}"
+            if index == 0:
+                return CachePlan(0, f"the first frozen {stop}")
+            return CachePlan(index, f"stops before {stop}")
+    return CachePlan(len(prefix), "covers the frozen groups")
+
+
+def _varies_in_training(layer: keras.Layer) -> str:
+    """Why `layer` may give other outputs in training than in inference, or
+    '' when it cannot (its `call` takes no `training`, it holds no random
+    seed, or it is a frozen BatchNormalization)."""
+    for sublayer in layer._flatten_layers(include_self=True):
+        if isinstance(sublayer, keras.layers.BatchNormalization):
+            if sublayer.trainable:
+                return "normalizes with batch statistics in training"
+            continue
+        if isinstance(sublayer, keras.Model):
+            continue  # Its layers decide; they are in the walk.
+        if any(
+            isinstance(value, keras.random.SeedGenerator)
+            for value in vars(sublayer).values()
+        ):
+            return "draws random numbers"
+        if "training" in inspect.signature(sublayer.call).parameters:
+            return "behaves differently in training"
+    return ""
+
+
+class FeatureCache:
+    """The outputs of a model's leading layers for a phase's arrays.
+
+    Held in memory, as one tensor per array, when they fit in
+    `memory_limit` bytes; otherwise written to files in `folder` (a
+    temporary folder when `None`), which `close` deletes.
+
+    Args:
+        layers: the layers to apply, in order, in inference mode.
+        inputs: the arrays to compute features for, by name (`"train"`,
+            `"validation"`).
+        memory_limit: bytes the cache may hold in memory.
+        folder: where files go when the cache is larger. Defaults to `None`.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[keras.Layer],
+        inputs: dict[str, np.ndarray],
+        *,
+        memory_limit: int,
+        folder: str | os.PathLike | None = None,
+    ):
+        forward = _inference(layers)
+        probe = forward(tf.constant(next(iter(inputs.values()))[:1]))
+        self.sample_shape = tuple(probe.shape[1:])
+        self.dtype = probe.dtype.name
+        row_bytes = probe.shape.num_elements() * probe.dtype.size
+        self.nbytes = sum(len(x) for x in inputs.values()) * row_bytes
+        self.on_disk = self.nbytes > memory_limit
+        self._temporary = None
+        if self.on_disk and folder is None:
+            folder = self._temporary = tempfile.mkdtemp(prefix="transferkit-cache-")
+        self.folder = None if folder is None else Path(folder)
+        self.features: dict[str, tf.Tensor | FeatureFile] = {}
+        try:
+            for name, x in inputs.items():
+                blocks = (
+                    forward(tf.constant(x[start : start + _FORWARD_BATCH]))
+                    for start in range(0, len(x), _FORWARD_BATCH)
+                )
+                if self.on_disk:
+                    shape = (len(x), *self.sample_shape)
+                    path = self.folder / f"cache-{name}.bin"
+                    self.features[name] = FeatureFile(path, shape, probe.dtype)
+                    for block in blocks:
+                        self.features[name].append(block.numpy())
+                else:
+                    # Blocks, then one copy: twice the cache, for a moment.
+                    self.features[name] = tf.concat(list(blocks), axis=0)
+        except BaseException:
+            self.close()
+            raise
+
+    def dataset(self, name, labels, batch_size, *, shuffle):
+        """Batches of `(features, labels)` for `fit`: a `tf.data.Dataset`
+        that gathers each batch from memory, or a `keras.utils.PyDataset`
+        that reads it from the file. Shuffled anew every epoch when
+        `shuffle`, from TensorFlow's (or, for a file, NumPy's) global seed."""
+        features = self.features[name]
+        if isinstance(features, FeatureFile):
+            return FeatureBatches(features, labels, batch_size, shuffle=shuffle)
+        labels = tf.constant(labels)
+        rows = tf.data.Dataset.range(len(features))
+        if shuffle:
+            rows = rows.shuffle(len(features), reshuffle_each_iteration=True)
+        return (
+            rows.batch(batch_size)
+            .map(lambda i: (tf.gather(features, i), tf.gather(labels, i)))
+            .prefetch(tf.data.AUTOTUNE)
+        )
+
+    def describe(self) -> str:
+        where = f"on disk in {str(self.folder)!r}" if self.on_disk else "in memory"
+        return f"{self.nbytes / 2**20:,.1f} MiB {where}"
+
+    def close(self) -> None:
+        """Frees the cache and deletes its files, if any."""
+        for features in self.features.values():
+            if isinstance(features, FeatureFile):
+                features.close()
+        self.features.clear()
+        if self._temporary is not None:
+            shutil.rmtree(self._temporary, ignore_errors=True)
+            self._temporary = None
+
+
+def _inference(layers):
+    @tf.function(reduce_retracing=True)
+    def forward(batch):
+        for layer in layers:
+            batch = layer(batch, training=False)
+        return batch
+
+    return forward
+
+
+class FeatureFile:
+    """Cached features in a file: written in blocks, read a batch at a time.
+
+    Plain reads, not a memory map, so the pages read do not count towards
+    the process's resident memory.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype):
+        self.path = Path(path)
+        self.shape, self.dtype = shape, np.dtype(dtype)
+        self.row_bytes = math.prod(shape[1:]) * self.dtype.itemsize
+        self._stream = open(self.path, "w+b")  # noqa: SIM115 (close() closes it)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def append(self, values: np.ndarray) -> None:
+        """Writes `values` after the rows written so far."""
+        self._stream.write(np.ascontiguousarray(values, self.dtype).tobytes())
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """The rows at `indices`, in that order (read in file order)."""
+        out = np.empty((len(indices), *self.shape[1:]), self.dtype)
+        rows = out.reshape(len(indices), -1).view(np.uint8)
+        for position in np.argsort(indices, kind="stable"):
+            self._stream.seek(int(indices[position]) * self.row_bytes)
+            self._stream.readinto(memoryview(rows[position]))
+        return out
+
+    def close(self) -> None:
+        self._stream.close()
+        self.path.unlink(missing_ok=True)
+
+
+class FeatureBatches(keras.utils.PyDataset):
+    """Shuffled `(features, labels)` batches from a `FeatureFile`; the
+    order is drawn from NumPy's global generator, which a seeded run seeds."""
+
+    def __init__(self, features, labels, batch_size, *, shuffle):
+        super().__init__()
+        self.features, self.labels = features, labels
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.order = np.arange(len(features))
+        self.on_epoch_end()
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.features) / self.batch_size)
+
+    def __getitem__(self, index):
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        return self.features.read(rows), self.labels[rows]
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            np.random.shuffle(self.order)
