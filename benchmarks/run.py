@@ -3,9 +3,10 @@
 Runs, interleaved and each in its own process, the plain Keras script
 (`benchmarks/plain_keras_transfer.py`) and transferkit's example
 (`examples/mnist_digits.py --out`, which checkpoints every epoch and writes a
-report), on the same data, seed and epochs, and prints the medians: seconds
-per phase and for the whole process, test accuracy per phase, peak memory,
-and transferkit's times as ratios of the plain script's.
+report) without and with `--fast`, on the same data, seed and epochs, and
+prints the medians: seconds per phase and for the whole process, test
+accuracy per phase, peak memory, and the plain script's times as multiples
+of each variant's (its speed-up).
 
     python benchmarks/run.py --data ../shared/data/mnist-10k.npz --repeats 3
     python benchmarks/run.py --synthesize 70000 --repeats 1
@@ -33,6 +34,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN = ROOT / "benchmarks" / "plain_keras_transfer.py"
 EXAMPLE = ROOT / "examples" / "mnist_digits.py"
+VARIANTS = {
+    "plain Keras 3": None,
+    "transferkit": (),
+    "transferkit --fast": ("--fast",),
+}
+"""Each variant's example options; `None` for the plain script."""
 
 
 def run_process(command: list[str]) -> tuple[float, float, str]:
@@ -66,9 +73,12 @@ def time_plain(data: Path, epochs: int, seed: int) -> dict:
     return {"process": seconds, "peak_mib": peak, "phases": phases}
 
 
-def time_transferkit(data: Path, epochs: int, seed: int, folder: Path) -> dict:
+def time_transferkit(
+    data: Path, epochs: int, seed: int, folder: Path, options=()
+) -> dict:
     command = [sys.executable, str(EXAMPLE), "--data", str(data), "--out", str(folder)]
     command += ["--epochs", str(epochs), "--seed", str(seed), "--verbose", "0"]
+    command += list(options)
     seconds, peak, _ = run_process(command)
     report = json.loads((folder / "report.json").read_text())
     return {"process": seconds, "peak_mib": peak, "phases": report["phases"]}
@@ -102,13 +112,14 @@ def table(results: dict[str, list[dict]]) -> str:
         return statistics.median(key(run) for run in results[variant])
 
     rows = []
-    plain_times = None
+    plain_times = plain_accuracy = None
     for variant in results:
         phase1 = median(variant, lambda r: r["phases"][0]["seconds"])
         phase2 = median(variant, lambda r: r["phases"][1]["seconds"])
         total = median(variant, lambda r: r["process"])
+        accuracy = median(variant, lambda r: r["phases"][1]["test_accuracy"])
         if plain_times is None:
-            plain_times = (phase1, phase2, total)
+            plain_times, plain_accuracy = (phase1, phase2, total), accuracy
         rows.append(
             [
                 variant,
@@ -116,8 +127,10 @@ def table(results: dict[str, list[dict]]) -> str:
                 f"{phase2:.1f}",
                 f"{total:.1f}",
                 f"{median(variant, lambda r: r['phases'][0]['test_accuracy']):.2%}",
-                f"{median(variant, lambda r: r['phases'][1]['test_accuracy']):.2%}",
+                f"{accuracy:.2%}",
+                f"{(accuracy - plain_accuracy) * 100:+.2f}",
                 f"{median(variant, lambda r: r['peak_mib']):.0f}",
+                f"{plain_times[0] / phase1:.2f}x",
                 f"{plain_times[1] / phase2:.2f}x",
                 f"{plain_times[2] / total:.2f}x",
             ]
@@ -129,7 +142,9 @@ def table(results: dict[str, list[dict]]) -> str:
         "process s",
         "test acc 0-4",
         "test acc 5-9",
+        "5-9 vs plain (pp)",
         "peak MiB",
+        "phase 1 speed-up",
         "phase 2 speed-up",
         "process speed-up",
     ]
@@ -162,15 +177,17 @@ def main(argv=None) -> str:
                 data = synthesize(
                     data, args.synthesize, scratch / "synth.npz", args.seed
                 )
-            results: dict[str, list[dict]] = {"plain Keras 3": [], "transferkit": []}
-            for repeat in range(args.repeats):  # Interleaved: drift hits both.
-                results["plain Keras 3"].append(
-                    time_plain(data, args.epochs, args.seed)
-                )
-                folder = scratch / f"run{repeat}"
-                results["transferkit"].append(
-                    time_transferkit(data, args.epochs, args.seed, folder)
-                )
+            results: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+            for repeat in range(args.repeats):  # Interleaved: drift hits all.
+                for name, options in VARIANTS.items():
+                    if options is None:
+                        timing = time_plain(data, args.epochs, args.seed)
+                    else:
+                        folder = scratch / f"run{repeat}-{len(options)}"
+                        timing = time_transferkit(
+                            data, args.epochs, args.seed, folder, options
+                        )
+                    results[name].append(timing)
                 print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
     text = (
         f"Data: {args.data or 'transferkit sample'}"

@@ -19,7 +19,7 @@ def tiny(tmp_path):
     return shipped_digits(tmp_path / "tiny.npz", train=300, test=100)
 
 
-def test_the_benchmark_prints_a_table_of_both_variants(runner, tiny, capsys):
+def test_the_benchmark_prints_a_table_of_every_variant(runner, tiny, capsys):
     text = runner.main(["--data", str(tiny), "--repeats", "1", "--epochs", "1"])
 
     assert text in capsys.readouterr().out
@@ -28,14 +28,18 @@ def test_the_benchmark_prints_a_table_of_both_variants(runner, tiny, capsys):
     assert [row.split(" | ")[0] for row in rows[1:]] == [
         "| plain Keras 3",
         "| transferkit",
+        "| transferkit --fast",
     ]
-    plain = rows[1].split(" | ")
-    assert plain[-2:] == ["1.00x", "1.00x |"]
+    plain = rows[1].strip("| ").split(" | ")
+    assert plain[6] == "+0.00"
+    assert plain[-3:] == ["1.00x", "1.00x", "1.00x"]
     for row in rows[1:]:
         cells = row.strip("| ").split(" | ")
         assert all(float(cell) > 0 for cell in cells[1:4])
         assert all(0 <= float(cell.rstrip("%")) <= 100 for cell in cells[4:6])
-        assert float(cells[6]) > 100  # Peak MiB of a process running TensorFlow.
+        assert -100 <= float(cells[6]) <= 100
+        assert float(cells[7]) > 100  # Peak MiB of a process running TensorFlow.
+        assert all(float(cell.rstrip("x")) > 0 for cell in cells[8:])
 
 
 def test_synthesize_makes_an_mnist_layout_set_of_the_asked_size(runner, tiny, tmp_path):

@@ -92,6 +92,42 @@ def test_the_example_runs_and_writes_a_valid_report(
     assert re.search(r"frozen weights +unchanged \(bitwise\)", printed)
 
 
+def test_fast_turns_on_every_speed_up_and_the_report_says_so(
+    example, few_digits, monkeypatch
+):
+    monkeypatch.setattr(
+        "transferkit.precision.cpu_bfloat16_flags", lambda: ("avx512_bf16",)
+    )
+    args = ["--data", str(few_digits), "--epochs", "1", "--verbose", "0"]
+
+    report = example.main([*args, "--fast"])
+
+    settings = report["settings"]
+    assert settings["fast"] is True and settings["lean_step"] is True
+    assert settings["precision"] == "mixed_bfloat16"
+    assert settings["precision_reason"] == "the CPU has avx512_bf16"
+    assert settings["steps_per_execution"] == example.FAST_STEPS_PER_EXECUTION
+    train, fine_tune = report["phases"]
+    assert train["precision"] == fine_tune["precision"] == "mixed_bfloat16"
+    assert train["cache"] == "not used: no group is frozen"
+    assert fine_tune["cached_layers"] == 5  # Up to the pooling, before Dropout.
+    assert "stops before layer" in fine_tune["cache"]
+    assert fine_tune["lean_step"] == (
+        "2 Dropout layers on bit masks; fused Adadelta updates"
+    )
+    assert fine_tune["frozen_unchanged"] is True
+
+
+def test_fast_takes_explicit_choices_over_its_defaults(example):
+    args = example.parse_args(
+        ["--fast", "--precision", "float32", "--steps-per-execution", "4"]
+    )
+    assert (args.precision, args.steps_per_execution) == ("float32", 4)
+    plain = example.parse_args([])
+    assert (plain.precision, plain.steps_per_execution) == ("float32", 1)
+    assert plain.feature_cache is True and plain.fast is False
+
+
 def test_the_model_is_the_original_convnet(example):
     model = example.build_model()
     assert list(model.groups) == ["features", "classifier"]

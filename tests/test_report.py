@@ -59,7 +59,10 @@ def test_tables_show_what_a_person_needs(report):
     table = format_phase(report["phases"][1])
     assert table.splitlines()[0] == "Phase 'fine_tune'"
     assert re.search(r"\n  classes +3-5\n", table)
-    assert re.search(r"\n  frozen weights +unchanged \(bitwise\)$", table)
+    assert re.search(r"\n  frozen weights +unchanged \(bitwise\)\n", table)
+    assert re.search(r"\n  precision +float32\n", table)
+    assert re.search(r"\n  feature cache +[\d.]+ MiB in memory; layers conv2d", table)
+    assert re.search(r"\n  lean step +off\n  steps per call +1$", table)
     train_accuracy = report["phases"][1]["history"]["accuracy"][-1]
     assert re.search(rf"\n  train accuracy +{train_accuracy:.2%}\n", table)
     page = format_markdown(report)
@@ -70,10 +73,21 @@ def test_tables_show_what_a_person_needs(report):
         "| epochs | 2 |",
         "| frozen params | 40 |",
         "| frozen weights | unchanged (bitwise) |",
+        "| precision | float32 |",
     ):
         assert row in fine_tune
     assert "samples/s |" in fine_tune and "| test accuracy |" in fine_tune
     assert page.count("## Phase") == 2
+
+
+def test_a_report_from_before_the_speed_ups_still_formats(report):
+    old = dict(report["phases"][1])
+    for key in ("precision", "cache", "lean_step", "steps_per_execution"):
+        del old[key]
+
+    table = format_phase(old)
+
+    assert re.search(r"\n  precision +float32\n  feature cache +not recorded\n", table)
 
 
 def test_a_changed_frozen_weight_is_shouted(report):

@@ -269,6 +269,7 @@ def test_a_crash_between_checkpoint_and_state_leaves_the_previous_pair(
     (tmp_path / "checkpoint-000099.keras").write_bytes(b"complete, unrecorded")
     (tmp_path / ".checkpoint-000100.partial.keras").write_bytes(b"half")
     (tmp_path / ".run.json.x1y2.tmp").write_bytes(b"half")
+    (tmp_path / "cache-train.bin").write_bytes(b"features of the killed phase")
     again = make_run(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         recorded["checkpoint"],

@@ -61,9 +61,7 @@ def plan_cache(model: keras.Model, frozen: Sequence[str]) -> CachePlan:
     if not frozen:
         return CachePlan(0, "no group is frozen")
     if not isinstance(model, keras.Sequential):
-        return CachePlan(
-            0, f"the model is a {type(model).__name__}, not a Sequential"
-        )
+        return CachePlan(0, f"the model is a {type(model).__name__}, not a Sequential")
     prefix = []
     for name, group in model.groups.items():
         if name not in frozen:
@@ -153,7 +151,9 @@ class FeatureCache:
                 if self.on_disk:
                     shape = (len(x), *self.sample_shape)
                     path = self.folder / f"cache-{name}.bin"
-                    self.features[name] = FeatureFile(path, shape, probe.dtype)
+                    self.features[name] = FeatureFile(
+                        path, shape, probe.dtype.as_numpy_dtype
+                    )
                     for block in blocks:
                         self.features[name].append(block.numpy())
                 else:

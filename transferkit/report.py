@@ -141,6 +141,11 @@ def phase_rows(phase: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("frozen params", _number(phase["non_trainable_params"])),
         ("frozen groups", ", ".join(phase["frozen_groups"]) or "none"),
         ("frozen weights", _verdict(phase)),
+        # Reports written before the speed-ups existed lack these fields.
+        ("precision", phase.get("precision", "float32")),
+        ("feature cache", phase.get("cache") or "not recorded"),
+        ("lean step", phase.get("lean_step") or "off"),
+        ("steps per call", str(phase.get("steps_per_execution", 1))),
     ]
 
 

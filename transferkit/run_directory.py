@@ -132,12 +132,17 @@ class RunDirectory:
 
     def remove_orphans(self, state: dict[str, Any] | None) -> None:
         """Deletes what a kill can leave behind: checkpoints that `run.json`
-        does not name, and temporary files of unfinished writes."""
+        does not name, temporary files of unfinished writes, and feature
+        caches of an unfinished phase."""
         keep = state.get("checkpoint") if state else None
         for path in self.path.glob("checkpoint-*.keras"):
             if path.name != keep and _CHECKPOINT.fullmatch(path.name):
                 path.unlink(missing_ok=True)
-        for pattern in (".checkpoint-*.partial.keras", f".{self.STATE_FILE}.*.tmp"):
+        for pattern in (
+            ".checkpoint-*.partial.keras",
+            f".{self.STATE_FILE}.*.tmp",
+            "cache-*.bin",
+        ):
             for path in self.path.glob(pattern):
                 path.unlink(missing_ok=True)
 

@@ -573,11 +573,14 @@ class TransferRun:
         plan = self._plan_cache(data, validation_data, frozen_names)
         cache, cache_seconds, lean_count = None, 0.0, 0
         if done < epochs:
-            trainer, train_args = self._model, {
-                "x": inputs[0],
-                "y": inputs[1] if len(inputs) > 1 else None,
-                "batch_size": self._batch_size_for(data),
-            }
+            trainer, train_args = (
+                self._model,
+                {
+                    "x": inputs[0],
+                    "y": inputs[1] if len(inputs) > 1 else None,
+                    "batch_size": self._batch_size_for(data),
+                },
+            )
             if plan.layers:
                 cache_start = time.perf_counter()
                 cache = self._build_cache(plan, inputs, validation)
@@ -702,8 +705,10 @@ class TransferRun:
         if not plan.layers:
             return f"not used: {plan.reason}"
         cached = self._model.layers[: plan.layers]
-        names = cached[0].name if len(cached) == 1 else (
-            f"{cached[0].name}..{cached[-1].name}"
+        names = (
+            cached[0].name
+            if len(cached) == 1
+            else (f"{cached[0].name}..{cached[-1].name}")
         )
         where = cache.describe() if cache is not None else "not needed (resumed)"
         return f"{where}; layers {names}: {plan.reason}"
@@ -902,8 +907,7 @@ def _require_count(value, argument, minimum=1) -> None:
     """Raises unless `value` is an integer >= `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise TypeError(
-            f"Expected `{argument}` to be an integer. Received: "
-            f"{argument}={value!r}"
+            f"Expected `{argument}` to be an integer. Received: {argument}={value!r}"
         )
     if value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
@@ -1086,14 +1090,15 @@ def _derived_seed(seed: int, phase: int, epoch: int) -> int:
 def _model_fingerprint(model) -> str:
     """A digest of the model's architecture: layer types and settings, groups.
 
-    Layer names (Keras numbers them per process) and trainable flags (they
-    change between phases) are left out.
+    Layer names (Keras numbers them per process), trainable flags (they
+    change between phases) and dtype policies (the plan records the run's
+    precision) are left out.
     """
     layers = []
     for layer in model.layers:
         config = dict(layer.get_config())
-        config.pop("name", None)
-        config.pop("trainable", None)
+        for key in ("name", "trainable", "dtype"):
+            config.pop(key, None)
         layers.append([type(layer).__name__, config])
     groups = [
         [name, [model.layers.index(layer) for layer in group]]

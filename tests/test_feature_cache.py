@@ -1,0 +1,203 @@
+"""The frozen-prefix feature cache: exact, skipped with a reason, spilled to
+disk when large."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import IMAGE_SHAPE, bitwise_equal, make_data, make_model, snapshot
+from keras import layers
+
+from transferkit import LayerGroup, TransferRun
+from transferkit.feature_cache import FeatureCache, FeatureFile, plan_cache
+
+SPARSE = "sparse_categorical_crossentropy"
+
+
+def fine_tuned(model, data, *, epochs=3, batch_size=None, **kwargs):
+    """Trains `model` one epoch, then fine-tunes it with 'features' frozen;
+    returns the fine-tuning result."""
+    kwargs.setdefault("verbose", 0)
+    run = TransferRun(
+        model,
+        optimizer=lambda: keras.optimizers.Adam(0.01),
+        loss=SPARSE,
+        metrics=["accuracy"],
+        batch_size=batch_size or len(data[0]),
+        seed=7,
+        **kwargs,
+    )
+    run.train(data, epochs=1)
+    return run.fine_tune(data, freeze=["features"], epochs=epochs, validation_data=data)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "batch_norm"])
+def test_cached_and_uncached_fine_tuning_give_the_same_head(batch_norm):
+    # One batch per epoch, so both paths see the same batches.
+    data = make_data(samples=64)
+    weights = []
+    for feature_cache in (True, False):
+        keras.utils.set_random_seed(3)
+        model = make_model(batch_norm=batch_norm)
+        result = fine_tuned(model, data, feature_cache=feature_cache)
+        weights.append(
+            [
+                list(snapshot(model.groups[name].variables).values())
+                for name in ("classifier", "features")
+            ]
+        )
+        if feature_cache:
+            assert result.cached_layers == len(model.groups["features"])
+            assert "in memory" in result.cache
+        else:
+            assert result.cached_layers == 0
+            assert result.cache == "not used: turned off (feature_cache=False)"
+        assert result.frozen_unchanged is True
+    (cached_head, cached_frozen), (plain_head, plain_frozen) = weights
+    for cached, plain in zip(cached_head, plain_head, strict=True):
+        np.testing.assert_allclose(cached, plain, rtol=1e-5, atol=1e-6)
+    for cached, plain in zip(cached_frozen, plain_frozen, strict=True):
+        assert bitwise_equal(cached, plain)
+
+
+def test_the_cache_changes_the_weights_it_trains(data):
+    model = make_model()
+    result = fine_tuned(model, data, epochs=1)
+    before = snapshot(model.groups["classifier"].variables)
+    run = TransferRun(model, optimizer="sgd", loss=SPARSE, verbose=0)
+    second = run.fine_tune(data, freeze=["features"], epochs=1)
+
+    after = snapshot(model.groups["classifier"].variables)
+    assert result.cached_layers == second.cached_layers == 3
+    assert all(not np.array_equal(before[p], after[p]) for p in before)
+
+
+def dropout_model(position):
+    """'features' of Conv2D, ReLU, Flatten with a Dropout at `position`."""
+    feature_layers = [layers.Conv2D(4, 3), layers.Activation("relu"), layers.Flatten()]
+    feature_layers.insert(position, layers.Dropout(0.5, name="noisy"))
+    features = LayerGroup("features", feature_layers, input_shape=IMAGE_SHAPE)
+    head = LayerGroup("classifier", [layers.Dense(3, activation="softmax")])
+    return features + head
+
+
+def test_the_cache_stops_before_a_stochastic_layer_in_the_frozen_groups(data):
+    model = dropout_model(position=2)
+
+    result = fine_tuned(model, data, epochs=1)
+
+    assert result.cached_layers == 2
+    assert "layers conv2d" in result.cache
+    assert "stops before layer 'noisy' (Dropout), which" in result.cache
+    assert result.frozen_unchanged is True
+
+
+def test_a_frozen_prefix_that_starts_with_a_stochastic_layer_is_not_cached(data):
+    result = fine_tuned(dropout_model(position=0), data, epochs=1)
+
+    assert result.cached_layers == 0
+    assert result.cache == (
+        "not used: the first frozen layer 'noisy' (Dropout), which draws random numbers"
+    )
+
+
+def test_frozen_groups_that_do_not_start_the_model_are_not_cached(data):
+    model = make_model()
+    run = TransferRun(model, optimizer="sgd", loss=SPARSE, verbose=0)
+
+    result = run.fine_tune(data, freeze=["classifier"], epochs=1)
+
+    assert result.cached_layers == 0
+    assert result.cache == (
+        "not used: the frozen groups ['classifier'] do not start the model (its "
+        "first group, 'features', trains)"
+    )
+
+
+@pytest.mark.parametrize(
+    "layer, why",
+    [
+        (layers.GaussianNoise(0.1), "draws random numbers"),
+        (layers.RandomFlip(seed=1), "draws random numbers"),
+        (layers.BatchNormalization(), None),
+    ],
+    ids=["noise", "augmentation", "frozen_batch_norm"],
+)
+def test_the_plan_names_what_depends_on_training(layer, why):
+    features = LayerGroup(
+        "features", [layer, layers.Flatten()], input_shape=IMAGE_SHAPE
+    )
+    model = features + LayerGroup("classifier", [layers.Dense(3)])
+    features.trainable = False
+
+    plan = plan_cache(model, ["features"])
+
+    if why is None:
+        assert plan.layers == 2
+        assert plan.reason == "covers the frozen groups"
+    else:
+        assert plan.layers == 0
+        assert why in plan.reason
+
+
+def test_a_dataset_is_not_cached(data):
+    model = make_model()
+    run = TransferRun(model, optimizer="sgd", loss=SPARSE, verbose=0)
+    dataset = tf.data.Dataset.from_tensor_slices(data).batch(16)
+
+    result = run.fine_tune(dataset, freeze=["features"], epochs=1)
+
+    assert result.cache == "not used: `data` is a tf.data.Dataset, not arrays"
+
+
+def test_a_cache_over_the_memory_bound_goes_to_disk_and_gives_the_same_head(
+    tmp_path,
+):
+    data = make_data(samples=64)
+    heads = []
+    for limit in (2**30, 0):
+        keras.utils.set_random_seed(3)
+        model = make_model()
+        folder = tmp_path / f"run-{limit}"
+        result = fine_tuned(model, data, feature_cache_memory=limit, directory=folder)
+        heads.append(list(snapshot(model.groups["classifier"].variables).values()))
+        where = "in memory" if limit else f"on disk in {str(folder)!r}"
+        assert where in result.cache
+        assert not list(folder.glob("cache-*"))  # Deleted after the phase.
+    for in_memory, on_disk in zip(*heads, strict=True):
+        np.testing.assert_allclose(in_memory, on_disk, rtol=1e-5)
+
+
+def test_a_cache_on_disk_without_a_directory_uses_a_temporary_folder(data):
+    result = fine_tuned(make_model(), data, epochs=1, feature_cache_memory=0)
+
+    folder = result.cache.split("on disk in '")[1].split("'")[0]
+    assert "transferkit-cache-" in folder
+    assert not tf.io.gfile.exists(folder)
+
+
+def test_a_feature_file_reads_rows_in_the_order_asked(tmp_path):
+    rows = np.arange(40, dtype="float32").reshape(10, 2, 2)
+    features = FeatureFile(tmp_path / "f.bin", rows.shape, rows.dtype)
+    features.append(rows[:6])
+    features.append(rows[6:])
+
+    indices = np.array([7, 2, 9, 2, 0])
+    np.testing.assert_array_equal(features.read(indices), rows[indices])
+    features.close()
+    assert not (tmp_path / "f.bin").exists()
+
+
+def test_cached_features_equal_the_frozen_layers_in_inference(data):
+    model = make_model(batch_norm=True)
+    prefix = list(model.groups["features"])
+    x = data[0]
+
+    cache = FeatureCache(prefix, {"train": x}, memory_limit=2**30)
+
+    expected = x
+    for layer in prefix:
+        expected = layer(expected, training=False)
+    np.testing.assert_allclose(cache.features["train"], expected, rtol=1e-6)
+    assert cache.nbytes == expected.shape.num_elements() * 4
+    cache.close()
