@@ -164,20 +164,36 @@ class FeatureCache:
             raise
 
     def dataset(self, name, labels, batch_size, *, shuffle):
-        """Batches of `(features, labels)` for `fit`: a `tf.data.Dataset`
-        that gathers each batch from memory, or a `keras.utils.PyDataset`
-        that reads it from the file. Shuffled anew every epoch when
-        `shuffle`, from TensorFlow's (or, for a file, NumPy's) global seed."""
+        """Batches of `(features, labels)` for `fit`: an endless
+        `tf.data.Dataset` that gathers each batch from memory (pass
+        `steps_per_epoch=math.ceil(len(labels) / batch_size)`), or a
+        `keras.utils.PyDataset` that reads it from the file. Shuffled anew
+        every epoch when `shuffle`, from TensorFlow's (or, for a file,
+        NumPy's) global seed."""
         features = self.features[name]
         if isinstance(features, FeatureFile):
             return FeatureBatches(features, labels, batch_size, shuffle=shuffle)
         labels = tf.constant(labels)
-        rows = tf.data.Dataset.range(len(features))
-        if shuffle:
-            rows = rows.shuffle(len(features), reshuffle_each_iteration=True)
+        size = len(features)
+
+        def batches_of_rows(_):
+            # One permutation per epoch: cheaper than a shuffle buffer, which
+            # takes the rows one at a time.
+            rows = tf.range(size, dtype=tf.int64)
+            if shuffle:
+                rows = tf.random.shuffle(rows)
+            starts = tf.data.Dataset.range(0, size, batch_size)
+            return starts.map(lambda start: rows[start : start + batch_size])
+
+        # Endless, so that Keras keeps one iterator for all epochs (with
+        # `steps_per_epoch`) instead of building one per epoch. The arrays
+        # come in as a dataset, as Keras' own array adapter does: captured
+        # by the map function, they would be copied into every iterator.
+        rows = tf.data.Dataset.from_tensors(0).repeat().flat_map(batches_of_rows)
+        arrays = tf.data.Dataset.from_tensors((features, labels)).repeat()
         return (
-            rows.batch(batch_size)
-            .map(lambda i: (tf.gather(features, i), tf.gather(labels, i)))
+            tf.data.Dataset.zip((rows, arrays))
+            .map(lambda rows, arrays: tuple(tf.gather(a, rows) for a in arrays))
             .prefetch(tf.data.AUTOTUNE)
         )
 

@@ -590,7 +590,15 @@ class TransferRun:
                         "train", inputs[1], self._batch_size, shuffle=True
                     )
                 }
+                if not cache.on_disk:  # The in-memory datasets are endless.
+                    train_args["steps_per_epoch"] = _batches(
+                        inputs[1], self._batch_size
+                    )
                 if validation is not None:
+                    if not cache.on_disk:
+                        train_args["validation_steps"] = _batches(
+                            validation[1], self._batch_size
+                        )
                     validation = cache.dataset(
                         "validation", validation[1], self._batch_size, shuffle=False
                     )
@@ -901,6 +909,10 @@ class TransferRun:
                 return (x, tf.one_hot(y, width)) + rest
 
         return dataset.map(one_hot)
+
+
+def _batches(samples, batch_size) -> int:
+    return -(-len(samples) // batch_size)
 
 
 def _require_count(value, argument, minimum=1) -> None:
