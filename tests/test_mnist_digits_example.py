@@ -128,6 +128,18 @@ def test_fast_takes_explicit_choices_over_its_defaults(example):
     assert plain.feature_cache is True and plain.fast is False
 
 
+def test_model_input_is_the_images_divided_by_255_in_float32(example):
+    images = np.arange(256, dtype=np.uint8).reshape(1, 16, 16).repeat(3, axis=0)
+    images = np.pad(images, ((0, 0), (6, 6), (6, 6)))
+
+    x = example.to_model_input(images)
+
+    assert x.shape == (3, 28, 28, 1) and x.dtype == np.float32
+    expected = (images.astype(np.float64) / 255).astype(np.float32)
+    assert np.array_equal(x[..., 0], expected)
+    assert x.max() == 1.0
+
+
 def test_the_model_is_the_original_convnet(example):
     model = example.build_model()
     assert list(model.groups) == ["features", "classifier"]

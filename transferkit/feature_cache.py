@@ -137,10 +137,12 @@ class FeatureCache:
         row_bytes = probe.shape.num_elements() * probe.dtype.size
         self.nbytes = sum(len(x) for x in inputs.values()) * row_bytes
         self.on_disk = self.nbytes > memory_limit
-        self._temporary = None
-        if self.on_disk and folder is None:
-            folder = self._temporary = tempfile.mkdtemp(prefix="transferkit-cache-")
-        self.folder = None if folder is None else Path(folder)
+        self._temporary: str | None = None
+        self.folder: Path | None = None
+        if self.on_disk:
+            if folder is None:
+                folder = self._temporary = tempfile.mkdtemp(prefix="transferkit-cache-")
+            self.folder = Path(folder)
         self.features: dict[str, tf.Tensor | FeatureFile] = {}
         try:
             for name, x in inputs.items():
@@ -148,14 +150,15 @@ class FeatureCache:
                     forward(tf.constant(x[start : start + _FORWARD_BATCH]))
                     for start in range(0, len(x), _FORWARD_BATCH)
                 )
-                if self.on_disk:
-                    shape = (len(x), *self.sample_shape)
-                    path = self.folder / f"cache-{name}.bin"
-                    self.features[name] = FeatureFile(
-                        path, shape, probe.dtype.as_numpy_dtype
+                if self.folder is not None:
+                    stored = FeatureFile(
+                        self.folder / f"cache-{name}.bin",
+                        (len(x), *self.sample_shape),
+                        probe.dtype.as_numpy_dtype,
                     )
+                    self.features[name] = stored
                     for block in blocks:
-                        self.features[name].append(block.numpy())
+                        stored.append(block.numpy())
                 else:
                     # Blocks, then one copy: twice the cache, for a moment.
                     self.features[name] = tf.concat(list(blocks), axis=0)
