@@ -69,6 +69,26 @@ def bitwise_equal(a, b):
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
+def fine_tune_checked(run, data, epochs=2):
+    """Fine-tunes `run` with 'features' frozen, asserts that every variable of
+    'features' is bitwise unchanged and every variable of 'classifier'
+    moved, and returns the phase's result."""
+    groups = run.model.groups
+    frozen = snapshot(groups["features"].variables)
+    head = snapshot(groups["classifier"].variables)
+
+    result = run.fine_tune(data, freeze=["features"], epochs=epochs)
+
+    after = snapshot(groups["features"].variables)
+    assert after.keys() == frozen.keys()
+    for path, value in frozen.items():
+        assert bitwise_equal(after[path], value), path
+    moved = snapshot(groups["classifier"].variables)
+    for path, value in head.items():
+        assert not np.array_equal(moved[path], value), path
+    return result
+
+
 @pytest.fixture
 def model():
     return make_model()

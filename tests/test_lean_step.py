@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import bitwise_equal, make_data, make_model, snapshot
+from conftest import bitwise_equal, fine_tune_checked, make_data, make_model
 from keras import layers
 
 from transferkit import TransferRun
@@ -114,12 +114,9 @@ def test_a_lean_run_keeps_the_freeze_and_says_what_it_changed():
     run = lean_run(model)
     data = make_data()
     first = run.train(data, epochs=1)
-    frozen = snapshot(model.groups["features"].variables)
 
-    result = run.fine_tune(data, freeze=["features"], epochs=2)
+    result = fine_tune_checked(run, data)
 
-    after = snapshot(model.groups["features"].variables)
-    assert all(bitwise_equal(after[path], value) for path, value in frozen.items())
     assert first.lean_step == "1 Dropout layers on bit masks; fused Adadelta updates"
     assert result.lean_step == first.lean_step
     assert result.frozen_unchanged is True
