@@ -573,40 +573,10 @@ class TransferRun:
         plan = self._plan_cache(data, validation_data, frozen_names)
         cache, cache_seconds, lean_count = None, 0.0, 0
         if done < epochs:
-            trainer, train_args = (
-                self._model,
-                {
-                    "x": inputs[0],
-                    "y": inputs[1] if len(inputs) > 1 else None,
-                    "batch_size": self._batch_size_for(data),
-                },
+            trainer, train_args, cache = self._fit_setup(
+                plan, data, inputs, validation, compile_args
             )
-            if plan.layers:
-                cache_start = time.perf_counter()
-                cache = self._build_cache(plan, inputs, validation)
-                cache_seconds = time.perf_counter() - cache_start
-                train_args = {
-                    "x": cache.dataset(
-                        "train", inputs[1], self._batch_size, shuffle=True
-                    )
-                }
-                if not cache.on_disk:  # The in-memory datasets are endless.
-                    train_args["steps_per_epoch"] = _batches(
-                        inputs[1], self._batch_size
-                    )
-                if validation is not None:
-                    if not cache.on_disk:
-                        train_args["validation_steps"] = _batches(
-                            validation[1], self._batch_size
-                        )
-                    validation = cache.dataset(
-                        "validation", validation[1], self._batch_size, shuffle=False
-                    )
-            if cache is not None or (
-                self._lean_step and isinstance(self._model, keras.Sequential)
-            ):
-                trainer = self._trainer(plan.layers if cache else 0, cache)
-                trainer.compile(**compile_args)
+            cache_seconds = cache.seconds if cache is not None else 0.0
             lean_count = sum(isinstance(x, LeanDropout) for x in trainer.layers)
             try:
                 with _StopAfterEpoch(recorder):
@@ -616,7 +586,6 @@ class TransferRun:
                         shuffle=isinstance(train_args["x"], np.ndarray),
                         initial_epoch=done,
                         epochs=epochs,
-                        validation_data=validation,
                         callbacks=[recorder, *(callbacks or ())],
                         verbose=self._verbose if verbose is None else verbose,
                     )
@@ -678,16 +647,48 @@ class TransferRun:
                 return CachePlan(0, f"`{argument}` is a tf.data.Dataset, not arrays")
         return plan_cache(self._model, frozen_names)
 
-    def _build_cache(self, plan, inputs, validation) -> FeatureCache:
-        arrays = {"train": inputs[0]}
-        if validation is not None:
-            arrays["validation"] = validation[0]
-        return FeatureCache(
-            self._model.layers[: plan.layers],
-            arrays,
-            memory_limit=self._feature_cache_memory,
-            folder=None if self._directory is None else self._directory.path,
-        )
+    def _fit_setup(self, plan, data, inputs, validation, compile_args):
+        """`(trainer, fit arguments, cache)`: the model that `fit` trains and
+        what it trains on. That is the model itself on the phase's data,
+        unless the cache or the lean step asks for a trainer model of shared
+        layers; the cache (`None` when not used) feeds it features."""
+        fit_args = {
+            "x": inputs[0],
+            "y": inputs[1] if len(inputs) > 1 else None,
+            "batch_size": self._batch_size_for(data),
+            "validation_data": validation,
+        }
+        cache = None
+        if plan.layers:
+            arrays = {"train": inputs[0]}
+            if validation is not None:
+                arrays["validation"] = validation[0]
+            cache = FeatureCache(
+                self._model.layers[: plan.layers],
+                arrays,
+                memory_limit=self._feature_cache_memory,
+                folder=None if self._directory is None else self._directory.path,
+            )
+            fit_args = {
+                "x": cache.dataset("train", inputs[1], self._batch_size, shuffle=True)
+            }
+            if not cache.on_disk:  # The in-memory datasets are endless.
+                fit_args["steps_per_epoch"] = _batches(inputs[1], self._batch_size)
+            if validation is not None:
+                if not cache.on_disk:
+                    fit_args["validation_steps"] = _batches(
+                        validation[1], self._batch_size
+                    )
+                fit_args["validation_data"] = cache.dataset(
+                    "validation", validation[1], self._batch_size, shuffle=False
+                )
+        if cache is None and not (
+            self._lean_step and isinstance(self._model, keras.Sequential)
+        ):
+            return self._model, fit_args, None
+        trainer = self._trainer(plan.layers if cache else 0, cache)
+        trainer.compile(**compile_args)
+        return trainer, fit_args, cache
 
     def _trainer(self, start, cache) -> keras.Sequential:
         """A model of the layers from `start` on, sharing their weights, that
