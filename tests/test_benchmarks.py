@@ -2,11 +2,13 @@
 
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from conftest import load_script, shipped_digits
 
 RUNNER = Path(__file__).parents[1] / "benchmarks" / "run.py"
+HEAD_STEP = Path(__file__).parents[1] / "benchmarks" / "head_step.py"
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +51,21 @@ def test_synthesize_makes_an_mnist_layout_set_of_the_asked_size(runner, tiny, tm
         assert data["x_test"].shape == (100, 28, 28)
         assert data["x_train"].dtype == np.uint8
         assert set(np.unique(data["y_train"])) <= set(range(10))
+
+
+def test_the_head_step_benchmark_prints_every_combination(capsys):
+    text = load_script(HEAD_STEP).main(["--samples", "300", "--repeats", "1"])
+
+    assert text in capsys.readouterr().out
+    rows = [line.strip("| ").split(" | ") for line in text.splitlines()[2:]]
+    steps = [row for row in rows if len(row) == 4 and row[0] != "precision"]
+    assert [tuple(row[:3]) for row in steps] == [
+        (precision, dropout, update)
+        for precision in ("float32", "mixed_bfloat16")
+        for dropout in ("Keras", "lean")
+        for update in ("Keras", "fused")
+    ]
+    prefix = [row for row in rows if len(row) == 2 and row[0] != "precision"]
+    assert [row[0] for row in prefix] == ["float32", "mixed_bfloat16"]
+    assert all(float(row[-1]) > 0 for row in steps + prefix)
+    assert keras.mixed_precision.global_policy().name == "float32"
