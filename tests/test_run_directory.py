@@ -136,19 +136,25 @@ def test_an_interrupted_phase_resumes_from_its_last_saved_epoch(tmp_path):
     assert resumed.frozen_unchanged is True and uninterrupted.frozen_unchanged is True
 
 
-def test_resuming_restores_the_optimizer_state_of_the_last_epoch(tmp_path):
+FAST = {"lean_step": True, "precision": "mixed_bfloat16", "steps_per_execution": 2}
+
+
+@pytest.mark.parametrize("settings", [{}, FAST], ids=["default", "fast"])
+def test_resuming_restores_the_optimizer_state_of_the_last_epoch(tmp_path, settings):
     data = make_data()
     with pytest.raises(Crash):
-        plan(make_run(tmp_path), data, callbacks=[CrashAfterEpoch(1)])
+        plan(make_run(tmp_path, **settings), data, callbacks=[CrashAfterEpoch(1)])
 
     class Iterations(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             self.start = int(self.model.optimizer.iterations.numpy())
 
     iterations = Iterations()
-    plan(make_run(tmp_path), data, callbacks=[iterations])
+    resumed = plan(make_run(tmp_path, **settings), data, callbacks=[iterations])
 
     assert iterations.start == 2 * 3  # Two epochs of three batches of 16.
+    assert resumed.frozen_unchanged is True
+    assert resumed.cached_layers == 3 and len(resumed.history["loss"]) == 4
 
 
 def test_ctrl_c_finishes_the_epoch_saves_and_says_how_to_resume(tmp_path):

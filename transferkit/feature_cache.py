@@ -170,9 +170,8 @@ class FeatureCache:
             raise
 
     def dataset(self, name, labels, batch_size, *, shuffle):
-        """Batches of `(features, labels)` for `fit`: an endless
-        `tf.data.Dataset` that gathers each batch from memory (pass
-        `steps_per_epoch=math.ceil(len(labels) / batch_size)`), or a
+        """One epoch of `(features, labels)` batches for `fit`: a
+        `tf.data.Dataset` that gathers each batch from memory, or a
         `keras.utils.PyDataset` that reads it from the file. Shuffled anew
         every epoch when `shuffle`, from TensorFlow's (or, for a file,
         NumPy's) global seed."""
@@ -191,11 +190,14 @@ class FeatureCache:
             starts = tf.data.Dataset.range(0, size, batch_size)
             return starts.map(lambda start: rows[start : start + batch_size])
 
-        # Endless, so that Keras keeps one iterator for all epochs (with
-        # `steps_per_epoch`) instead of building one per epoch. The arrays
-        # come in as a dataset, as Keras' own array adapter does: captured
-        # by the map function, they would be copied into every iterator.
-        rows = tf.data.Dataset.from_tensors(0).repeat().flat_map(batches_of_rows)
+        # The arrays come in as a dataset, as Keras' own array adapter does:
+        # captured by the map function, they would be copied into the
+        # iterator of every epoch.
+        rows = (
+            tf.data.Dataset.from_tensors(0)
+            .flat_map(batches_of_rows)
+            .apply(tf.data.experimental.assert_cardinality(-(-size // batch_size)))
+        )
         arrays = tf.data.Dataset.from_tensors((features, labels)).repeat()
         return (
             tf.data.Dataset.zip((rows, arrays))

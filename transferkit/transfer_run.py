@@ -672,13 +672,7 @@ class TransferRun:
             fit_args = {
                 "x": cache.dataset("train", inputs[1], self._batch_size, shuffle=True)
             }
-            if not cache.on_disk:  # The in-memory datasets are endless.
-                fit_args["steps_per_epoch"] = _batches(inputs[1], self._batch_size)
             if validation is not None:
-                if not cache.on_disk:
-                    fit_args["validation_steps"] = _batches(
-                        validation[1], self._batch_size
-                    )
                 fit_args["validation_data"] = cache.dataset(
                     "validation", validation[1], self._batch_size, shuffle=False
                 )
@@ -910,10 +904,6 @@ class TransferRun:
                 return (x, tf.one_hot(y, width)) + rest
 
         return dataset.map(one_hot)
-
-
-def _batches(samples, batch_size) -> int:
-    return -(-len(samples) // batch_size)
 
 
 def _require_count(value, argument, minimum=1) -> None:
