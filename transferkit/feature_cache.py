@@ -131,7 +131,7 @@ class FeatureCache:
         memory_limit: int,
         folder: str | os.PathLike | None = None,
     ):
-        start = time.perf_counter()
+        began = time.perf_counter()
         forward = _inference(layers)
         probe = forward(tf.constant(next(iter(inputs.values()))[:1]))
         self.sample_shape = tuple(probe.shape[1:])
@@ -164,7 +164,7 @@ class FeatureCache:
                 else:
                     # Blocks, then one copy: twice the cache, for a moment.
                     self.features[name] = tf.concat(list(blocks), axis=0)
-            self.seconds = time.perf_counter() - start  # To compute the features.
+            self.seconds = time.perf_counter() - began  # To compute the features.
         except BaseException:
             self.close()
             raise
