@@ -24,7 +24,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from transferkit.lean_step import LeanDropout, fuse_updates
+from transferkit.lean_step import LeanDropout
+from transferkit.optimizers import fuse_updates
 
 BATCH = 128
 FEATURES = (12, 12, 32)

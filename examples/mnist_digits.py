@@ -126,6 +126,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "report.json, report.md and figures (default: no files)",
     )
     parser.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="with --out, save a checkpoint every N epochs; the end of each "
+        "phase is always saved (default: 1)",
+    )
+    parser.add_argument(
         "--no-check-finite",
         dest="check_finite",
         action="store_false",
@@ -221,6 +229,7 @@ def main(argv=None) -> dict:
         batch_size=args.batch_size,
         verbose=args.verbose if args.verbose == "auto" else int(args.verbose),
         directory=args.out,
+        checkpoint_every=args.checkpoint_every,
         seed=args.seed,
         check_finite=args.check_finite,
         precision=args.precision,

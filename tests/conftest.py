@@ -99,6 +99,31 @@ def data():
     return make_data()
 
 
+class Crash(Exception):
+    """Stands for a crash in the middle of a phase."""
+
+
+class CrashAfterEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise Crash(f"crash after epoch {epoch}")
+
+
+class Epochs(keras.callbacks.Callback):
+    """Records the epochs a phase actually trains."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen.append(epoch)
+
+
 def load_script(path):
     """Imports a script that is not in a package (an example, a benchmark)."""
     spec = importlib.util.spec_from_file_location(path.stem, path)

@@ -1,7 +1,9 @@
 import json
 import os
 import re
+import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import pytest
@@ -201,6 +203,29 @@ def test_the_report_command_prints_the_tables(tmp_path, report, capsys):
     printed = capsys.readouterr().out
     assert "Phase 'train'" in printed and "Phase 'fine_tune'" in printed
     assert "Figures: learning_curves.png" in printed
+
+
+def test_the_report_command_reads_a_report_without_tensorflow(tmp_path, report):
+    write_report(tmp_path, dict(report), figures=False)
+    root = Path(__file__).resolve().parents[1]
+
+    command = [sys.executable, "-X", "importtime", "-m", "transferkit"]
+    done = subprocess.run(
+        [*command, "report", str(tmp_path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Data: tiny\n") and "Phase 'fine_tune'" in done.stdout
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines()}
+    assert "json" in imported  # The import log is there,
+    assert (
+        not {"tensorflow", "keras", "transferkit.layer_group"} & imported
+    )  # and light.
 
 
 def test_the_report_command_fails_clearly(tmp_path, capsys):

@@ -8,37 +8,20 @@ import signal
 import keras
 import numpy as np
 import pytest
-from conftest import bitwise_equal, make_data, make_model, snapshot
+from conftest import (
+    Crash,
+    CrashAfterEpoch,
+    Epochs,
+    bitwise_equal,
+    make_data,
+    make_model,
+    snapshot,
+)
 
 from transferkit import TransferRun
 from transferkit.run_directory import CheckpointError, RunDirectory
 
 LOSS = "sparse_categorical_crossentropy"
-
-
-class Crash(Exception):
-    """Stands for a crash in the middle of a phase."""
-
-
-class CrashAfterEpoch(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise Crash(f"crash after epoch {epoch}")
-
-
-class Epochs(keras.callbacks.Callback):
-    """Records the epochs a phase actually trains."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.seen.append(epoch)
 
 
 def make_run(directory, model=None, **kwargs):

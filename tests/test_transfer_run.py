@@ -358,11 +358,11 @@ def test_check_finite_names_the_samples_with_nan_or_infinity(bad):
 def test_check_finite_looks_at_every_chunk_of_a_large_array():
     x = np.zeros((10_000, 4), "float32")
     x[9_999, 3] = np.nan
-    from transferkit.transfer_run import _require_finite
+    from transferkit.training_data import require_finite
 
     with pytest.raises(ValueError, match="1 sample, the first at index 9999"):
-        _require_finite(x, "x", chunk=128)
-    _require_finite(np.zeros((3, 2), np.uint8), "integers are always finite")
+        require_finite(x, "x", chunk=128)
+    require_finite(np.zeros((3, 2), np.uint8), "integers are always finite")
 
 
 def test_fewer_samples_than_one_batch_train_as_one_small_batch():

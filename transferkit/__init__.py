@@ -1,14 +1,30 @@
 """transferkit: freeze-and-finetune transfer learning for Keras 3.
 
 >>> from transferkit import LayerGroup, TransferRun, ClassSubset, split_classes
+
+The names below are imported on first use. `import transferkit` imports
+only the layer-group module, which registers `GroupedSequential` with Keras
+so that `keras.saving.load_model` finds it; `python -m transferkit report
+DIR` skips even that, and reads a report without starting TensorFlow.
 """
 
-from transferkit.class_subset import ClassSubset, split_classes
-from transferkit.layer_group import GroupedSequential, LayerGroup
-from transferkit.report import load_report
-from transferkit.transfer_run import PhaseResult, TransferRun
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "ClassSubset": "transferkit.class_subset",
+    "GroupedSequential": "transferkit.layer_group",
+    "LayerGroup": "transferkit.layer_group",
+    "PhaseResult": "transferkit.phase_result",
+    "TransferRun": "transferkit.transfer_run",
+    "load_report": "transferkit.report",
+    "split_classes": "transferkit.class_subset",
+}
 
 __all__ = [
     "ClassSubset",
@@ -19,3 +35,27 @@ __all__ = [
     "load_report",
     "split_classes",
 ]
+
+# While `python -m transferkit` locates its `__main__`, argv[0] is "-m".
+if sys.argv[:1] != ["-m"]:
+    importlib.import_module("transferkit.layer_group")
+
+if TYPE_CHECKING:
+    from transferkit.class_subset import ClassSubset, split_classes
+    from transferkit.layer_group import GroupedSequential, LayerGroup
+    from transferkit.phase_result import PhaseResult
+    from transferkit.report import load_report
+    from transferkit.transfer_run import TransferRun
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'transferkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # Later look-ups skip this function.
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

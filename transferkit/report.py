@@ -8,14 +8,17 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
 from transferkit._io import atomic_write, ensure_writable
-from transferkit.class_subset import ClassSubset
-from transferkit.transfer_run import PhaseResult
+
+if TYPE_CHECKING:  # Reading a report needs neither Keras nor TensorFlow.
+    import keras
+
+    from transferkit.class_subset import ClassSubset
+    from transferkit.phase_result import PhaseResult
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -1,0 +1,145 @@
+"""The run's state in `run.json`: every key checked on opening, and
+checkpoints at an interval with the end of every phase saved."""
+
+import json
+import re
+
+import pytest
+from conftest import (
+    Crash,
+    CrashAfterEpoch,
+    Epochs,
+    bitwise_equal,
+    make_data,
+    make_model,
+    snapshot,
+)
+
+from transferkit import TransferRun
+from transferkit.run_directory import CheckpointError, RunDirectory
+
+
+def make_run(directory, **kwargs):
+    return TransferRun(
+        make_model(),
+        optimizer="adam",
+        loss="sparse_categorical_crossentropy",
+        batch_size=16,
+        verbose=0,
+        directory=directory,
+        **kwargs,
+    )
+
+
+def two_phases(run, data, epochs=(1, 5), callbacks=()):
+    run.train(data, epochs=epochs[0])
+    return run.fine_tune(
+        data, freeze="features", epochs=epochs[1], callbacks=list(callbacks)
+    )
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("model",),
+        ("checkpoint",),
+        ("phases", 0, "epochs_done"),
+        ("phases", 1, "frozen_digest"),
+        ("phases", 1, "spec", "epochs"),
+        ("phases", 1, "result", "frozen_unchanged"),
+    ],
+    ids=lambda path: ".".join(map(str, path)),
+)
+def test_a_state_file_with_a_missing_key_names_the_file_and_the_key(tmp_path, path):
+    two_phases(make_run(tmp_path), make_data(), epochs=(1, 1))
+    state_file = tmp_path / "run.json"
+    state = json.loads(state_file.read_text())
+    parent = state
+    for key in path[:-1]:
+        parent = parent[key]
+    del parent[path[-1]]
+    state_file.write_text(json.dumps(state))
+    edited = state_file.read_bytes()
+
+    where = "the top level"
+    if len(path) > 1:
+        where = f"phases[{path[1]}]" + "".join(f".{key}" for key in path[2:-1])
+    message = (
+        f"{str(state_file)!r} lacks the key {path[-1]!r} in {where}: it was "
+        "edited by hand or written by another program. Nothing was overwritten"
+    )
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        make_run(tmp_path)
+    assert state_file.read_bytes() == edited
+
+
+def test_a_phase_record_that_is_not_a_mapping_is_named(tmp_path):
+    two_phases(make_run(tmp_path), make_data(), epochs=(1, 1))
+    state_file = tmp_path / "run.json"
+    state = json.loads(state_file.read_text())
+    state["phases"][1] = "fine_tune"
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=r"phases\[1\] is not a mapping"):
+        make_run(tmp_path)
+
+
+class CountSaves:
+    """Counts the checkpoints written, and the epoch each one holds."""
+
+    def __init__(self, monkeypatch):
+        self.epochs = []
+        save = RunDirectory.save
+
+        def counted(directory, model, state):
+            self.epochs.append([phase["epochs_done"] for phase in state["phases"]])
+            save(directory, model, state)
+
+        monkeypatch.setattr(RunDirectory, "save", counted)
+
+
+def test_checkpoint_every_saves_at_the_interval_and_at_the_end(tmp_path, monkeypatch):
+    saves = CountSaves(monkeypatch)
+    run = make_run(tmp_path, checkpoint_every=2)
+
+    two_phases(run, make_data(), epochs=(1, 5))
+
+    # train: its start, its end; fine_tune: its start, epochs 2 and 4, its end.
+    assert saves.epochs == [[0], [1], [1, 0], [1, 2], [1, 4], [1, 5]]
+    final = snapshot(run.model.weights)
+    again = make_run(tmp_path, checkpoint_every=2)
+    two_phases(again, make_data(), epochs=(1, 5))
+    restored = snapshot(again.model.weights)
+    assert all(
+        bitwise_equal(a, b)
+        for a, b in zip(restored.values(), final.values(), strict=True)
+    )
+
+
+def test_every_epoch_is_saved_by_default(tmp_path, monkeypatch):
+    saves = CountSaves(monkeypatch)
+    two_phases(make_run(tmp_path), make_data(), epochs=(1, 3))
+    assert saves.epochs == [[0], [1], [1, 0], [1, 1], [1, 2], [1, 3]]
+
+
+def test_a_crash_between_checkpoints_resumes_from_the_last_one(tmp_path):
+    data = make_data()
+    with pytest.raises(Crash, match="crash after epoch 2"):
+        two_phases(
+            make_run(tmp_path, checkpoint_every=2), data, callbacks=[CrashAfterEpoch(2)]
+        )
+    state = json.loads((tmp_path / "run.json").read_text())
+    assert state["phases"][1]["epochs_done"] == 2
+
+    epochs = Epochs()
+    result = two_phases(
+        make_run(tmp_path, checkpoint_every=2), data, callbacks=[epochs]
+    )
+
+    assert epochs.seen == [2, 3, 4]
+    assert result.frozen_unchanged is True and len(result.history["loss"]) == 5
+
+
+@pytest.mark.parametrize("every", [0, -1])
+def test_checkpoint_every_must_be_a_positive_integer(tmp_path, every):
+    with pytest.raises(ValueError, match=rf"Received: checkpoint_every={every}"):
+        make_run(tmp_path, checkpoint_every=every)

@@ -1,0 +1,59 @@
+"""The freeze proof: digests of every frozen variable, before and after.
+
+A group is frozen when none of its variables may change during a phase,
+trainable or not (BatchNormalization's moving statistics included). Flags
+prove nothing about that; values do. Before a phase, every variable of the
+frozen groups is hashed with SHA-256; after it, the hashes are taken again
+and compared, so a single flipped bit is caught.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+
+import keras
+import numpy as np
+
+from transferkit.layer_group import LayerGroup
+
+__all__ = ["changed_variables", "count_params", "digest"]
+
+
+def digest(groups: Iterable[LayerGroup]) -> dict[str, list[str]]:
+    """SHA-256 of every variable of each group, in the group's variable order.
+
+    Keyed by group name and position, not by variable path: Keras numbers
+    paths per process, and a resumed run compares against digests saved by
+    another process.
+    """
+    digests: dict[str, list[str]] = {}
+    for group in groups:
+        digests[group.name] = []
+        for variable in group.variables:
+            value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
+            sha = hashlib.sha256(value.tobytes())
+            sha.update(f"{value.dtype}{value.shape}".encode())
+            digests[group.name].append(sha.hexdigest())
+    return digests
+
+
+def changed_variables(
+    groups: Sequence[LayerGroup], before: Mapping[str, Sequence[str]]
+) -> tuple[str, ...]:
+    """Paths of the variables of `groups` whose digest differs from `before`
+    (a `digest` of the same groups); empty when every one is unchanged."""
+    after = digest(groups)
+    return tuple(
+        variable.path
+        for group in groups
+        for variable, old, new in zip(
+            group.variables, before[group.name], after[group.name], strict=True
+        )
+        if old != new
+    )
+
+
+def count_params(variables: Iterable[keras.Variable]) -> int:
+    """The number of scalars in `variables`."""
+    return int(sum(np.prod(v.shape, dtype=np.int64) for v in variables))

@@ -1,0 +1,102 @@
+"""`PhaseResult`: what one phase of a `TransferRun` did, measured and checked.
+
+A plain record, JSON-ready through `to_dict`/`from_dict`; it imports neither
+Keras nor TensorFlow, so reading a report does not need them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["PhaseResult"]
+
+# PhaseResult fields held as tuples, stored as JSON lists.
+_TUPLE_FIELDS = ("frozen_groups", "changed_variables", "classes")
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseResult:
+    """What one phase of a `TransferRun` did, measured and checked."""
+
+    name: str
+    """The phase's name, unique within its run (`"train"`, `"fine_tune"`)."""
+
+    epochs: int
+    """Epochs the phase trained for."""
+
+    train_samples: int | None
+    """Training samples per epoch; `None` for a `tf.data.Dataset`."""
+
+    seconds: float
+    """Wall-clock seconds of the whole phase: compile, fit and checks."""
+
+    history: dict[str, list[float]]
+    """Per-epoch values from Keras' `History`, e.g. `{"loss": [...],
+    "val_accuracy": [...]}`."""
+
+    metrics: dict[str, float]
+    """Final validation metrics, without the `val_` prefix, e.g.
+    `{"loss": 0.03, "accuracy": 0.99}`; empty without validation data."""
+
+    trainable_params: int
+    """Parameters the optimizer updated in this phase."""
+
+    non_trainable_params: int
+    """Parameters held fixed in this phase (frozen layers, BatchNorm
+    statistics)."""
+
+    frozen_groups: tuple[str, ...]
+    """Groups all of whose layers were frozen during the phase."""
+
+    frozen_unchanged: bool | None
+    """Whether every variable of the frozen groups (trainable or not) is
+    bitwise identical after the phase; `None` when no group was frozen."""
+
+    changed_variables: tuple[str, ...] = ()
+    """Paths of frozen variables that changed; empty when none did."""
+
+    classes: tuple[int, ...] | None = None
+    """Original class ids of the training data, when it was a
+    `ClassSubset`."""
+
+    precision: str = "float32"
+    """The dtype policy the model computed in (`"float32"`,
+    `"mixed_bfloat16"`, `"mixed_float16"`)."""
+
+    steps_per_execution: int = 1
+    """Training steps per call into TensorFlow."""
+
+    cached_layers: int = 0
+    """Leading layers of the model computed once, before training, from the
+    feature cache; 0 when the cache was not used."""
+
+    cache: str = ""
+    """Where the cache was held (e.g. `"270.0 MiB in memory, layers
+    conv2d..max_pooling2d; stops before layer 'dropout' (Dropout) ..."`), or
+    why it was not used (e.g. `"not used: no group is frozen"`)."""
+
+    cache_seconds: float = 0.0
+    """Seconds spent computing the cache (part of `seconds`)."""
+
+    lean_step: str = ""
+    """What the lean training step changed (e.g. `"2 Dropout layers on bit
+    masks; fused Adadelta updates"`); empty when it was off."""
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> PhaseResult:
+        """The inverse of `to_dict`."""
+        record = dict(record)
+        for key in _TUPLE_FIELDS:
+            if record[key] is not None:
+                record[key] = tuple(record[key])
+        return cls(**record)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary of the record."""
+        record = dataclasses.asdict(self)
+        for key in _TUPLE_FIELDS:
+            if record[key] is not None:
+                record[key] = list(record[key])
+        return record

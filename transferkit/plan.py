@@ -1,0 +1,109 @@
+"""The plan of a run: what each phase is, and how a saved plan is compared.
+
+A run folder is resumed only by the same plan: the same model architecture,
+and for every phase the same kind, name, epochs, frozen groups, data, batch
+size, optimizer settings, loss and precision. `phase_spec` writes a phase's
+entry of the plan as JSON-ready values; `differences` names every field in
+which a saved entry and the current one differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+
+from transferkit.layer_group import LayerGroup
+from transferkit.optimizers import optimizer_fingerprint
+from transferkit.training_data import PhaseData, loss_name
+
+__all__ = ["differences", "model_fingerprint", "phase_spec"]
+
+
+def phase_spec(
+    *,
+    kind: str,
+    name: str,
+    epochs: int,
+    freeze: Sequence[LayerGroup],
+    data: PhaseData,
+    optimizer: keras.optimizers.Optimizer,
+    loss: Any,
+    precision: str,
+) -> dict[str, Any]:
+    """A phase's entry in the plan, JSON-ready.
+
+    Args:
+        kind: `"train"` or `"fine_tune"`.
+        name: the phase's name.
+        epochs: epochs to train.
+        freeze: the groups the phase freezes in addition to those frozen.
+        data: the phase's training data.
+        optimizer: the phase's fresh optimizer (its class and settings).
+        loss: the loss, recorded by name.
+        precision: the run's dtype policy; recorded only when not
+            `"float32"`, so that folders from before mixed precision resume.
+    """
+    spec = {
+        "kind": kind,
+        "name": name,
+        "epochs": epochs,
+        "freeze": [group.name for group in freeze],
+        "data": _data_fingerprint(data),
+        "batch_size": data.batch_size,
+        "optimizer": optimizer_fingerprint(optimizer),
+        "loss": loss_name(loss),
+    }
+    if precision != "float32":
+        spec["precision"] = precision
+    return json.loads(json.dumps(spec))
+
+
+def model_fingerprint(model: keras.Model) -> str:
+    """A digest of the model's architecture: layer types and settings, groups.
+
+    Layer names (Keras numbers them per process), trainable flags (they
+    change between phases) and dtype policies (the plan records the run's
+    precision) are left out.
+    """
+    layers = []
+    for layer in model.layers:
+        config = dict(layer.get_config())
+        for key in ("name", "trainable", "dtype"):
+            config.pop(key, None)
+        layers.append([type(layer).__name__, config])
+    groups = [
+        [name, [model.layers.index(layer) for layer in group]]
+        for name, group in model.groups.items()
+    ]
+    text = json.dumps([layers, groups], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def differences(recorded: Any, current: Any, prefix: str = "") -> list[str]:
+    """`"key: recorded A, now B"` for every leaf where two plans differ."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        return [
+            difference
+            for key in dict.fromkeys([*recorded, *current])
+            for difference in differences(
+                recorded.get(key), current.get(key), f"{prefix}{key}."
+            )
+        ]
+    if recorded == current:
+        return []
+    return [f"{prefix[:-1]}: recorded {recorded!r}, now {current!r}"]
+
+
+def _data_fingerprint(data: PhaseData) -> dict[str, Any]:
+    """What identifies a phase's data in a plan: size, classes, labels."""
+    if data.is_dataset:
+        return {"type": "dataset"}
+    return {
+        "samples": data.samples,
+        "classes": list(data.classes) if data.classes else None,
+        "labels_sha256": data.labels_sha256,
+    }

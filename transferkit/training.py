@@ -1,0 +1,363 @@
+"""Training one phase: `fit` on the model, or on a trainer model of its
+layers fed by the feature cache or with the lean step.
+
+`train_phase` decides what trains (the model itself, or a `Sequential` of
+its layers from the end of the cache on, sharing their weights), feeds it,
+and runs Keras' `fit` with the phase's callbacks. Whatever trains, the
+callbacks see the user's model as `self.model`, so `ModelCheckpoint` saves
+the whole model and `EarlyStopping(restore_best_weights=True)` restores all
+of it; and batch numbers never run past the epoch's real step count, which
+`fit` would otherwise report with `steps_per_execution` above 1.
+
+The first Ctrl-C during training finishes and records the current epoch and
+then stops; a second one stops at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from transferkit.feature_cache import CachePlan, FeatureCache, plan_cache
+from transferkit.lean_step import LeanDropout, lean_layers
+from transferkit.optimizers import fuse_updates
+from transferkit.training_data import PhaseData
+
+__all__ = ["PhaseCallbacks", "Training", "TrainingOptions", "train_phase"]
+
+EpochHook = Callable[[int, Mapping[str, Any], bool], None]
+"""Called after every epoch with `(epoch, logs, interrupted)`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingOptions:
+    """How a run trains its phases; set once per run."""
+
+    precision: str
+    """The run's dtype policy, given to a trainer model too."""
+
+    feature_cache: bool
+    """Whether frozen leading layers may be computed once per phase."""
+
+    feature_cache_memory: int
+    """Bytes of cached features held in memory; more go to files."""
+
+    cache_folder: str | None
+    """Where cache files go (the run folder); `None`: a temporary folder."""
+
+    lean_step: bool
+    """Train with `LeanDropout` and fused optimizer updates."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """What training a phase did, for its `PhaseResult`."""
+
+    cached_layers: int
+    """Leading layers computed once, from the cache; 0 when not used."""
+
+    cache: str
+    """Where the cache lived, or why it was not used."""
+
+    cache_seconds: float
+    """Seconds spent computing the cache."""
+
+    lean_step: str
+    """What the lean step changed; empty when it was off."""
+
+    interrupted: bool
+    """Whether Ctrl-C stopped the phase after an epoch."""
+
+
+def train_phase(
+    model: keras.Model,
+    compile_args: Mapping[str, Any],
+    *,
+    train: PhaseData,
+    validation: PhaseData | None,
+    frozen: Sequence[str],
+    epochs: int,
+    initial_epoch: int,
+    callbacks: Sequence[keras.callbacks.Callback],
+    verbose: str | int,
+    on_epoch_end: EpochHook,
+    options: TrainingOptions,
+) -> Training:
+    """Trains `model`, compiled with `compile_args`, from `initial_epoch` to
+    `epochs`.
+
+    Args:
+        model: the user's model, compiled for the phase.
+        compile_args: what `model` was compiled with; a trainer model is
+            compiled with the same (the same optimizer instance).
+        train: the phase's training data.
+        validation: its validation data, or `None`.
+        frozen: names of the frozen groups.
+        epochs: the epoch to stop after.
+        initial_epoch: epochs already done (a resumed phase).
+        callbacks: the user's callbacks.
+        verbose: `fit`'s verbosity.
+        on_epoch_end: records and saves each epoch.
+        options: the run's training options.
+    """
+    optimizer = compile_args["optimizer"]
+    fused = options.lean_step and fuse_updates(optimizer)
+    plan = _plan_cache(model, options, train, validation, frozen)
+    if initial_epoch >= epochs:  # Resumed after its last epoch was saved.
+        return Training(
+            0,
+            _describe_cache(model, plan, None),
+            0.0,
+            _lean(0, fused, optimizer),
+            False,
+        )
+    cache = _build_cache(model, plan, train, validation, options)
+    try:
+        trainer = _trainer(model, plan.layers if cache else 0, cache, options)
+        if trainer is not model:
+            trainer.compile(**compile_args)
+        recorder = _EpochRecorder(on_epoch_end)
+        phase_callbacks = PhaseCallbacks(
+            [recorder, *callbacks],
+            model=model,
+            trainer=trainer,
+            verbose=verbose,
+            epochs=epochs,
+            steps=train.steps,
+            validation_steps=validation.steps if validation is not None else None,
+        )
+        with _StopAfterEpoch(recorder):
+            trainer.fit(
+                **_fit_data(train, validation, cache),
+                initial_epoch=initial_epoch,
+                epochs=epochs,
+                callbacks=phase_callbacks,
+                verbose=verbose,
+            )
+    finally:
+        if cache is not None:
+            cache.close()
+    lean_count = sum(isinstance(layer, LeanDropout) for layer in trainer.layers)
+    return Training(
+        cached_layers=plan.layers if cache is not None else 0,
+        cache=_describe_cache(model, plan, cache),
+        cache_seconds=cache.seconds if cache is not None else 0.0,
+        lean_step=_lean(lean_count, fused, optimizer),
+        interrupted=recorder.interrupted,
+    )
+
+
+class PhaseCallbacks(keras.callbacks.CallbackList):
+    """A phase's callbacks, as `fit` would list them (with `History` and the
+    progress bar), but bound to the user's `model` while `trainer` trains.
+
+    Batch numbers are clipped to the epoch's `steps` (and the validation's
+    `validation_steps`): with several steps per execution, `fit` numbers a
+    call's batches as if every call were full. A `stop_training` that a
+    callback sets on `model` is passed on to `trainer`.
+
+    Args:
+        callbacks: the callbacks, in order.
+        model: what the callbacks see as `self.model`.
+        trainer: the model whose `fit` calls them.
+        verbose: `fit`'s verbosity; 0 shows no progress bar.
+        epochs: the phase's last epoch.
+        steps: batches per epoch; `None` when unknown.
+        validation_steps: batches per validation; `None` when unknown.
+    """
+
+    def __init__(
+        self,
+        callbacks: Sequence[keras.callbacks.Callback],
+        *,
+        model: keras.Model,
+        trainer: keras.Model,
+        verbose: str | int,
+        epochs: int,
+        steps: int | None,
+        validation_steps: int | None = None,
+    ):
+        super().__init__(
+            list(callbacks),
+            add_history=True,
+            add_progbar=verbose != 0,
+            model=model,
+            verbose=verbose,
+            epochs=epochs,
+            steps=steps,
+        )
+        self._trainer = trainer
+        self._steps = steps
+        self._validation_steps = validation_steps
+        if trainer is not model:
+            trainer.history = model.history  # `fit` returns it.
+
+    def on_train_begin(self, logs=None):
+        self.model.stop_training = False
+        super().on_train_begin(logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._pass_stop()
+        super().on_train_batch_begin(_clip(batch, self._steps), logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(_clip(batch, self._steps), logs)
+        self._pass_stop()
+
+    def on_test_batch_begin(self, batch, logs=None):
+        super().on_test_batch_begin(_clip(batch, self._validation_steps), logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        super().on_test_batch_end(_clip(batch, self._validation_steps), logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self._pass_stop()
+
+    def _pass_stop(self):
+        if self.model.stop_training:
+            self._trainer.stop_training = True
+
+
+def _clip(batch: int, steps: int | None) -> int:
+    return batch if steps is None else min(batch, steps - 1)
+
+
+def _plan_cache(model, options, train, validation, frozen) -> CachePlan:
+    if not options.feature_cache:
+        return CachePlan(0, "turned off (feature_cache=False)")
+    for argument, data in (("data", train), ("validation_data", validation)):
+        if data is not None and data.is_dataset:
+            return CachePlan(0, f"`{argument}` is a tf.data.Dataset, not arrays")
+    return plan_cache(model, frozen)
+
+
+def _build_cache(model, plan, train, validation, options) -> FeatureCache | None:
+    """The features of the cached layers for the phase's arrays, or `None`."""
+    if not plan.layers:
+        return None
+    arrays = {"train": train.x}
+    if validation is not None:
+        arrays["validation"] = validation.x
+    return FeatureCache(
+        model.layers[: plan.layers],
+        arrays,
+        memory_limit=options.feature_cache_memory,
+        folder=options.cache_folder,
+    )
+
+
+def _trainer(model, start, cache, options) -> keras.Model:
+    """What `fit` trains: the model itself, unless the cache or the lean step
+    asks for a model of its layers from `start` on, sharing their weights,
+    that takes the cache's features (or the model's input)."""
+    lean = options.lean_step and isinstance(model, keras.Sequential)
+    if cache is None and not lean:
+        return model
+    layers = model.layers[start:]
+    if options.lean_step:
+        layers = lean_layers(layers)
+    trainer = keras.Sequential(
+        [
+            keras.Input(cache.sample_shape, dtype=cache.dtype)
+            if cache is not None
+            else keras.Input(model.input_shape[1:]),
+            *layers,
+        ],
+        name=f"{model.name}_trainer",
+    )
+    if options.precision != "float32":
+        trainer.dtype_policy = options.precision  # Keras scales float16 losses by it.
+    return trainer
+
+
+def _fit_data(train, validation, cache) -> dict[str, Any]:
+    """`fit`'s data arguments: the phase's data, or the cache's features."""
+    if cache is None:
+        return {
+            "x": train.x,
+            "y": train.y,
+            "batch_size": train.batch_size,
+            "validation_data": validation.for_fit() if validation else None,
+            # A dataset shuffles itself; Keras warns if asked to.
+            "shuffle": isinstance(train.x, np.ndarray),
+        }
+    arguments = {
+        "x": cache.dataset("train", train.y, train.batch_size, shuffle=True),
+        "shuffle": False,
+    }
+    if validation is not None:
+        arguments["validation_data"] = cache.dataset(
+            "validation", validation.y, validation.batch_size, shuffle=False
+        )
+    return arguments
+
+
+def _describe_cache(model, plan, cache) -> str:
+    if not plan.layers:
+        return f"not used: {plan.reason}"
+    cached = model.layers[: plan.layers]
+    names = (
+        cached[0].name if len(cached) == 1 else f"{cached[0].name}..{cached[-1].name}"
+    )
+    where = cache.describe() if cache is not None else "not needed (resumed)"
+    return f"{where}; layers {names}: {plan.reason}"
+
+
+def _lean(dropouts: int, fused: bool, optimizer) -> str:
+    return "; ".join(
+        [f"{dropouts} Dropout layers on bit masks"] * bool(dropouts)
+        + [f"fused {type(optimizer).__name__} updates"] * fused
+    )
+
+
+class _EpochRecorder(keras.callbacks.Callback):
+    """Hands each epoch's logs to the run, and stops after an interrupted
+    epoch."""
+
+    def __init__(self, on_epoch_end: EpochHook):
+        super().__init__()
+        self._on_epoch_end = on_epoch_end
+        self.interrupted = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._on_epoch_end(epoch, dict(logs or {}), self.interrupted)
+        if self.interrupted:
+            self.model.stop_training = True
+
+
+class _StopAfterEpoch:
+    """While active, the first Ctrl-C asks `recorder` to stop after the
+    current epoch; a second one interrupts at once."""
+
+    def __init__(self, recorder: _EpochRecorder):
+        self.recorder = recorder
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+    def _handle(self, signum, frame):
+        if self.recorder.interrupted:
+            raise KeyboardInterrupt
+        self.recorder.interrupted = True
+        print(
+            "\nInterrupted: finishing and saving this epoch; press Ctrl-C again "
+            "to stop at once.",
+            file=sys.stderr,
+            flush=True,
+        )

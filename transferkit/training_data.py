@@ -1,0 +1,316 @@
+"""A phase's data, checked and made ready for training.
+
+`prepare_data` takes what a user passes to `TransferRun.train` (a
+`ClassSubset`, an `(x, y)` tuple, or a batched `tf.data.Dataset`) and returns a
+`PhaseData`: arrays of numbers in the shapes the model takes, labels one-hot
+encoded where the loss expects that, and what the plan and the result record
+(sample count, classes). Everything a user can get wrong about the data is
+refused here, naming the argument, what was received and what is accepted,
+before Keras sees it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import re
+from typing import Any, TypeAlias
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from transferkit.class_subset import ClassSubset
+
+__all__ = [
+    "Data",
+    "PhaseData",
+    "expects_one_hot",
+    "loss_name",
+    "prepare_data",
+    "require_finite",
+]
+
+Data: TypeAlias = ClassSubset | tuple | tf.data.Dataset
+"""A `ClassSubset`, an `(x, y)` tuple of arrays, or a batched
+`tf.data.Dataset` of `(x, y)`."""
+
+_NUMBERS = "biuf"  # NumPy dtype kinds: bool, signed, unsigned, floating.
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseData:
+    """Training or validation data of one phase, ready for `fit`."""
+
+    x: Any
+    """The samples: an array (or tensor), or the whole `tf.data.Dataset`."""
+
+    y: np.ndarray | None
+    """Labels as `fit` takes them (one-hot for a categorical loss); `None`
+    for a dataset, which yields its own."""
+
+    samples: int | None
+    """Number of samples; `None` for a dataset."""
+
+    classes: tuple[int, ...] | None
+    """Original class ids, when the data was a `ClassSubset`."""
+
+    batch_size: int | None
+    """Samples per step; `None` for a dataset, which is batched already."""
+
+    labels_sha256: str | None
+    """SHA-256 of the labels as given; `None` for a dataset."""
+
+    @property
+    def is_dataset(self) -> bool:
+        return isinstance(self.x, tf.data.Dataset)
+
+    @property
+    def steps(self) -> int | None:
+        """Batches per epoch; `None` when a dataset does not know its length."""
+        if self.samples is not None and self.batch_size:
+            return math.ceil(self.samples / self.batch_size)
+        cardinality = int(self.x.cardinality())
+        return cardinality if cardinality >= 0 else None
+
+    def for_fit(self) -> Any:
+        """What `fit` takes as `validation_data`: the dataset, or `(x, y)`."""
+        return self.x if self.is_dataset else (self.x, self.y)
+
+
+def prepare_data(
+    data: Data,
+    argument: str,
+    *,
+    model: keras.Model,
+    loss: Any,
+    batch_size: int,
+    check_finite: bool = False,
+) -> PhaseData:
+    """Checks `data` and makes it ready to train `model` with `loss`.
+
+    Builds `model` from the data's sample shape if it is not built yet.
+
+    Args:
+        data: a `ClassSubset`, an `(x, y)` tuple of arrays (or of nested
+            lists of numbers, which are made into arrays), or a batched
+            `tf.data.Dataset` of `(x, y)`.
+        argument: the name the user passed `data` as, for messages.
+        model: the model to train.
+        loss: the loss; a categorical one gets integer labels one-hot.
+        batch_size: samples per step for arrays.
+        check_finite: look for NaN and infinity in float arrays. Defaults to
+            `False`.
+
+    Raises:
+        TypeError: for data of another kind, or samples or labels that are
+            not numbers.
+        ValueError: for samples or labels of the wrong shape or count, class
+            ids outside the model's outputs, or (with `check_finite`) NaN or
+            infinite values.
+    """
+    if isinstance(data, tf.data.Dataset):
+        _ensure_built(model, data.element_spec[0].shape[1:])
+        dataset = _prepare_dataset(data, argument, model, loss)
+        return PhaseData(dataset, None, None, None, None, None)
+    if isinstance(data, ClassSubset):
+        x, y, classes = data.x, data.y, data.classes
+    elif isinstance(data, tuple) and len(data) == 2:
+        (x, y), classes = data, None
+    else:
+        raise TypeError(
+            f"Expected `{argument}` to be a ClassSubset, an (x, y) tuple "
+            "or a batched tf.data.Dataset. Received: "
+            f"{type(data).__name__}"
+        )
+    x = _numbers(x, f"`{argument}` (x)", "samples")
+    y = _numbers(y, f"`{argument}` (y)", "labels")
+    if len(x) != len(y):
+        raise ValueError(
+            f"Expected x and y of the same length in `{argument}`. "
+            f"Received: len(x)={len(x)}, len(y)={len(y)}"
+        )
+    _ensure_built(model, tuple(np.shape(x)[1:]))
+    _check_input_shape(model, np.shape(x), argument)
+    if check_finite:
+        origin = data.indices if isinstance(data, ClassSubset) else None
+        require_finite(x, f"`{argument}` (x)", origin)
+        require_finite(y, f"`{argument}` (y)", origin)
+    return PhaseData(
+        x=x,
+        y=_prepare_labels(y, argument, model, loss),
+        samples=len(x),
+        classes=classes,
+        batch_size=batch_size,
+        labels_sha256=hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest(),
+    )
+
+
+def check_same_classes(train: PhaseData, validation: PhaseData | None) -> None:
+    """Raises if both hold `ClassSubset` classes and they differ."""
+    if validation is None or not (train.classes and validation.classes):
+        return
+    if train.classes != validation.classes:
+        raise ValueError(
+            "The validation data holds other classes than the "
+            f"training data. Received: classes {train.classes} for `data` "
+            f"and {validation.classes} for `validation_data`"
+        )
+
+
+def loss_name(loss: Any) -> str:
+    """`loss` as a snake_case name: `"categorical_crossentropy"` for the
+    string, the `CategoricalCrossentropy` object or the function alike."""
+    if isinstance(loss, str):
+        return loss
+    if isinstance(loss, keras.losses.Loss):
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", type(loss).__name__).lower()
+    return getattr(loss, "__name__", type(loss).__name__)
+
+
+def expects_one_hot(loss: Any) -> bool:
+    """Whether `loss` is a categorical loss that takes one-hot targets."""
+    name = loss_name(loss)
+    return "categorical" in name and "sparse" not in name
+
+
+def require_finite(array, what: str, origin=None, chunk: int = 4096) -> None:
+    """Raises if a floating-point `array` holds NaN or infinity; checks
+    `chunk` samples at a time to keep memory flat. `origin` maps positions
+    to those in the source data (a `ClassSubset`'s `indices`)."""
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    bad = [
+        start + int(offset)
+        for start in range(0, len(array), chunk)
+        for offset in np.flatnonzero(
+            ~np.isfinite(array[start : start + chunk])
+            .reshape(len(array[start : start + chunk]), -1)
+            .all(axis=1)
+        )
+    ]
+    if bad:
+        source = "" if origin is None else f" ({origin[bad[0]]} in the source data)"
+        raise ValueError(
+            f"NaN or infinite values in {what}: {len(bad)} "
+            f"sample{'s' if len(bad) > 1 else ''}, the first "
+            f"at index {bad[0]}{source}. Clean or drop them, or pass "
+            "check_finite=False to skip this check."
+        )
+
+
+def _numbers(values, what: str, kind: str):
+    """`values` as an array (or tensor) of numbers: a nested list becomes an
+    array; text, objects and ragged lists are refused."""
+    if not isinstance(values, np.ndarray | tf.Tensor):
+        try:
+            values = np.asarray(values)
+        except ValueError as error:  # Ragged nesting.
+            raise ValueError(
+                f"Expected the {kind} in {what} to be an array, or nested "
+                "lists of one shape. Received: a "
+                f"{type(values).__name__} NumPy cannot make into one array "
+                f"({error})"
+            ) from None
+        if values.ndim == 0:
+            raise TypeError(
+                f"Expected the {kind} in {what} to be an array with one row "
+                f"per sample. Received: {values!r}"
+            )
+    dtype = np.dtype(
+        values.dtype.as_numpy_dtype if isinstance(values, tf.Tensor) else values.dtype
+    )
+    if dtype.kind not in _NUMBERS:
+        first = np.asarray(values).reshape(-1)[:1].tolist()
+        received = f"dtype {dtype}" + (f", first value {first[0]!r}" if first else "")
+        hint = (
+            " Map class names to ids first, e.g. `names, y = np.unique(y, "
+            "return_inverse=True)`."
+            if kind == "labels"
+            else ""
+        )
+        raise TypeError(
+            f"Expected the {kind} in {what} to be numbers. Received: {received}.{hint}"
+        )
+    return values
+
+
+def _ensure_built(model: keras.Model, sample_shape) -> None:
+    if not model.built:
+        model.build((None,) + tuple(sample_shape))
+
+
+def _check_input_shape(model: keras.Model, shape, argument: str) -> None:
+    expected = tuple(model.input_shape[1:])
+    received = tuple(shape[1:])
+    if not _fits(received, expected):
+        raise ValueError(
+            f"The samples in `{argument}` have shape {received}, but the "
+            f"model expects {expected}. Reshape the data, e.g. "
+            f"x.reshape((-1,) + {expected})."
+        )
+
+
+def _fits(shape, expected) -> bool:
+    """Whether `shape` matches `expected`, where `None` matches any size."""
+    return len(shape) == len(expected) and all(
+        e is None or e == s for s, e in zip(shape, expected, strict=True)
+    )
+
+
+def _prepare_labels(y, argument: str, model: keras.Model, loss):
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    output = tuple(model.output_shape[1:])
+    if y.ndim != 1 and not _fits(tuple(y.shape[1:]), output):
+        raise ValueError(
+            f"Expected the labels in `{argument}` to be class ids of shape "
+            f"(n,) or (n, 1), or targets shaped like the model's output, "
+            f"(n, {', '.join(str(d) for d in output)}). Received: y of shape "
+            f"{y.shape}."
+        )
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        return y  # One-hot or other targets: Keras checks them.
+    width = int(output[-1])
+    bad = (y < 0) | (y >= width)
+    if bad.any():
+        raise ValueError(
+            f"Labels in `{argument}` must be class ids in [0, {width - 1}] "
+            f"for a model with {width} outputs. Received: "
+            f"{sorted(set(y[bad].tolist()))[:5]}"
+        )
+    if expects_one_hot(loss):
+        return keras.utils.to_categorical(y, width).astype("float32")
+    return y
+
+
+def _prepare_dataset(dataset, argument: str, model: keras.Model, loss):
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) < 2:
+        raise TypeError(
+            f"Expected `{argument}` to yield (x, y) batches. Received a "
+            f"dataset with element_spec={spec}"
+        )
+    y_spec = spec[1]
+    if not (
+        expects_one_hot(loss) and y_spec.dtype.is_integer and y_spec.shape.rank == 1
+    ):
+        return dataset
+    width = int(model.output_shape[-1])
+
+    def one_hot(x, y, *rest):
+        checks = [
+            tf.debugging.assert_non_negative(y),
+            tf.debugging.assert_less(
+                y,
+                tf.cast(width, y.dtype),
+                message=f"Labels in `{argument}` must be class ids in [0, {width - 1}]",
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            return (x, tf.one_hot(y, width)) + rest
+
+    return dataset.map(one_hot)
