@@ -147,7 +147,11 @@ def test_a_dataset_is_not_cached(data):
 
     result = run.fine_tune(dataset, freeze=["features"], epochs=1)
 
-    assert result.cache == "not used: `data` is a tf.data.Dataset, not arrays"
+    assert result.cache == (
+        "not used: `data` is a tf.data.Dataset, which may change from epoch to "
+        "epoch; pass cache_datasets=True if it is finite and gives the same "
+        "samples every epoch"
+    )
 
 
 def test_a_cache_over_the_memory_bound_goes_to_disk_and_gives_the_same_head(
@@ -178,7 +182,7 @@ def test_a_cache_on_disk_without_a_directory_uses_a_temporary_folder(data):
 
 def test_a_feature_file_reads_rows_in_the_order_asked(tmp_path):
     rows = np.arange(40, dtype="float32").reshape(10, 2, 2)
-    features = FeatureFile(tmp_path / "f.bin", rows.shape, rows.dtype)
+    features = FeatureFile(tmp_path / "f.bin", rows.shape[1:], rows.dtype)
     features.append(rows[:6])
     features.append(rows[6:])
 

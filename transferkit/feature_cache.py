@@ -40,15 +40,34 @@ class CachePlan:
     """Which leading layers of a model a phase can serve from the cache."""
 
     layers: int
-    """Leading layers of `model.layers` whose output is cached; 0 when the
-    cache cannot be used."""
+    """Leading layers of the model's groups whose output is cached (layers
+    of a backbone counted one by one); 0 when the cache cannot be used."""
 
     reason: str
     """Why the cache stops where it does, or why it cannot be used."""
 
+    front: tuple[keras.Layer, ...] = ()
+    """What computes the cached features, applied in order: leading layers
+    of the model, the last possibly a model from a backbone's input to the
+    cut."""
+
+    rest: tuple[keras.Layer, ...] = ()
+    """What trains on the features, in order: the rest of the model, the
+    first possibly a model from the cut to the backbone's output."""
+
+    span: str = ""
+    """The first and last cached layer, e.g. `"conv2d..max_pooling2d"`."""
+
 
 def plan_cache(model: keras.Model, frozen: Sequence[str]) -> CachePlan:
     """The leading layers of `model` a phase can compute once.
+
+    The frozen groups that start the model are covered up to the first
+    layer whose output depends on `training` or on random numbers. Inside a
+    backbone (groups from `LayerGroup.split`), the cache ends at a layer
+    whose output alone carries everything the rest of the backbone needs
+    (a cut crossed by one tensor, such as InceptionV3's `mixedN` or a ResNet
+    stage's output); elsewhere it moves back to the nearest such layer.
 
     Args:
         model: a `Sequential` model with `groups`.
@@ -56,8 +75,8 @@ def plan_cache(model: keras.Model, frozen: Sequence[str]) -> CachePlan:
 
     Returns:
         A `CachePlan`; its `layers` is 0 when the frozen groups do not start
-        the model, the model is not a `Sequential`, or its first frozen layer
-        depends on `training`.
+        the model, the model is not a `Sequential`, its first frozen layer
+        depends on `training`, or no cut before it is crossed by one tensor.
     """
     if not frozen:
         return CachePlan(0, "no group is frozen")
@@ -75,16 +94,115 @@ def plan_cache(model: keras.Model, frozen: Sequence[str]) -> CachePlan:
             f"the frozen groups {list(frozen)} do not start the model (its "
             f"first group, '{first}', trains)",
         )
-    if list(model.layers[: len(prefix)]) != prefix:
-        return CachePlan(0, "the groups do not list the model's layers in order")
+    end, reason = len(prefix), "covers the frozen groups"
     for index, layer in enumerate(prefix):
         why = _varies_in_training(layer)
         if why:
             stop = f"layer '{layer.name}' ({type(layer).__name__}), which {why}"
             if index == 0:
                 return CachePlan(0, f"the first frozen {stop}")
-            return CachePlan(index, f"stops before {stop}")
-    return CachePlan(len(prefix), "covers the frozen groups")
+            end, reason = index, f"stops before {stop}"
+            break
+    return _cut(model, prefix, end, reason)
+
+
+def _cut(model: keras.Model, prefix: list, end: int, reason: str) -> CachePlan:
+    """The plan that caches `prefix[:end]`, or less where a backbone's graph
+    is crossed by more than one tensor after `prefix[end - 1]`."""
+    last = prefix[end - 1]
+    outer = list(model.layers)
+    for index, layer in enumerate(outer):
+        if layer is last:  # A layer of the model itself: cut after it.
+            return CachePlan(
+                end,
+                reason,
+                tuple(outer[: index + 1]),
+                tuple(outer[index + 1 :]),
+                _span(prefix[:end]),
+            )
+    index, backbone = next(
+        (i, layer)
+        for i, layer in enumerate(outer)
+        if isinstance(layer, keras.Model) and any(x is last for x in layer.layers)
+    )
+    inner = list(backbone.layers)
+    position = next(j for j, layer in enumerate(inner) if layer is last)
+    if position == len(inner) - 1:  # The whole backbone.
+        return CachePlan(
+            end,
+            reason,
+            tuple(outer[: index + 1]),
+            tuple(outer[index + 1 :]),
+            _span(prefix[:end]),
+        )
+    crossing = _crossing(backbone, position)
+    note = ""
+    if crossing != [last.name]:
+        note = (
+            f"; moved back from '{last.name}', where {len(crossing)} tensors "
+            f"cross the cut (from {crossing})"
+        )
+    for cut in range(position, 0, -1):
+        if _crossing(backbone, cut) != [inner[cut].name]:
+            continue
+        layer = inner[cut]
+        front = keras.Model(backbone.input, layer.output, name=f"{layer.name}_front")
+        rest = keras.Model(layer.output, backbone.output, name=f"{layer.name}_rest")
+        cached = end - (position - cut)
+        return CachePlan(
+            cached,
+            f"ends at '{layer.name}' in '{backbone.name}', {reason}{note}",
+            (*outer[:index], front),
+            (rest, *outer[index + 1 :]),
+            _span(prefix[:cached]),
+        )
+    before = next(i for i, layer in enumerate(prefix) if layer is inner[0])
+    if before == 0:
+        return CachePlan(
+            0,
+            f"no cut in '{backbone.name}' up to '{last.name}' is crossed by "
+            "one tensor alone",
+        )
+    return CachePlan(
+        before,
+        f"stops before '{backbone.name}': no cut in it up to '{last.name}' is "
+        "crossed by one tensor alone",
+        tuple(outer[:index]),
+        tuple(outer[index:]),
+        _span(prefix[:before]),
+    )
+
+
+def _crossing(backbone: keras.Model, cut: int) -> list[str]:
+    """Names of the layers at or before `backbone.layers[cut]` whose outputs
+    the layers after it use (the backbone's output included)."""
+    inner = backbone.layers
+    after = {id(layer) for layer in inner[cut + 1 :]}
+    # The graph's nodes, by Keras' key (a layer may be used in other graphs).
+    nodes = backbone._nodes
+    used = {}
+    for layer in inner[cut + 1 :]:
+        for number, node in enumerate(layer._inbound_nodes):
+            if f"{id(layer)}_ib-{number}" not in nodes:
+                continue
+            for tensor in node.input_tensors:
+                producer = tensor._keras_history[0]
+                if id(producer) not in after:
+                    used[id(producer)] = producer.name
+    for tensor in backbone.outputs:
+        producer = tensor._keras_history[0]
+        if id(producer) not in after:
+            used[id(producer)] = producer.name
+    return list(used.values())
+
+
+def _span(layers) -> str:
+    named = [
+        layer for layer in layers if not isinstance(layer, keras.layers.InputLayer)
+    ]
+    if len(named) == 1:
+        return named[0].name
+    return f"{named[0].name}..{named[-1].name}"
 
 
 def _varies_in_training(layer: keras.Layer) -> str:
@@ -109,16 +227,21 @@ def _varies_in_training(layer: keras.Layer) -> str:
 
 
 class FeatureCache:
-    """The outputs of a model's leading layers for a phase's arrays.
+    """The outputs of a model's leading layers for a phase's data.
 
-    Held in memory, as one tensor per array, when they fit in
+    Held in memory, as one tensor per input, when they fit in
     `memory_limit` bytes; otherwise written to files in `folder` (a
     temporary folder when `None`), which `close` deletes.
 
+    An input may be an array, or a finite `tf.data.Dataset` of `(x, y)`
+    batches, read once: its labels are kept in `labels` and the size of its
+    first batch in `batch_sizes`. A dataset whose length is unknown is held
+    in memory.
+
     Args:
         layers: the layers to apply, in order, in inference mode.
-        inputs: the arrays to compute features for, by name (`"train"`,
-            `"validation"`).
+        inputs: the arrays or datasets to compute features for, by name
+            (`"train"`, `"validation"`).
         memory_limit: bytes the cache may hold in memory.
         folder: where files go when the cache is larger. Defaults to `None`.
     """
@@ -126,18 +249,18 @@ class FeatureCache:
     def __init__(
         self,
         layers: Sequence[keras.Layer],
-        inputs: dict[str, np.ndarray],
+        inputs: dict[str, np.ndarray | tf.data.Dataset],
         *,
         memory_limit: int,
         folder: str | os.PathLike | None = None,
     ):
         began = time.perf_counter()
         forward = _inference(layers)
-        probe = forward(tf.constant(next(iter(inputs.values()))[:1]))
+        probe = forward(_first_rows(next(iter(inputs.values()))))
         self.sample_shape = tuple(probe.shape[1:])
         self.dtype = probe.dtype.name
         row_bytes = probe.shape.num_elements() * probe.dtype.size
-        self.nbytes = sum(len(x) for x in inputs.values()) * row_bytes
+        self.nbytes = sum(_rows(x) for x in inputs.values()) * row_bytes
         self.on_disk = self.nbytes > memory_limit
         self._temporary: str | None = None
         self.folder: Path | None = None
@@ -146,16 +269,15 @@ class FeatureCache:
                 folder = self._temporary = tempfile.mkdtemp(prefix="transferkit-cache-")
             self.folder = Path(folder)
         self.features: dict[str, tf.Tensor | FeatureFile] = {}
+        self.labels: dict[str, np.ndarray] = {}
+        self.batch_sizes: dict[str, int] = {}
         try:
             for name, x in inputs.items():
-                blocks = (
-                    forward(tf.constant(x[start : start + _FORWARD_BATCH]))
-                    for start in range(0, len(x), _FORWARD_BATCH)
-                )
+                blocks = self._blocks(forward, name, x)
                 if self.folder is not None:
                     stored = FeatureFile(
                         self.folder / f"cache-{name}.bin",
-                        (len(x), *self.sample_shape),
+                        self.sample_shape,
                         probe.dtype.as_numpy_dtype,
                     )
                     self.features[name] = stored
@@ -164,10 +286,26 @@ class FeatureCache:
                 else:
                     # Blocks, then one copy: twice the cache, for a moment.
                     self.features[name] = tf.concat(list(blocks), axis=0)
+            # Of a dataset, the rows read; of arrays, as computed above.
+            self.nbytes = sum(len(f) for f in self.features.values()) * row_bytes
             self.seconds = time.perf_counter() - began  # To compute the features.
         except BaseException:
             self.close()
             raise
+
+    def _blocks(self, forward, name, x):
+        """Feature blocks of `x`; a dataset's labels go to `labels[name]`."""
+        if not isinstance(x, tf.data.Dataset):
+            for start in range(0, len(x), _FORWARD_BATCH):
+                yield forward(tf.constant(x[start : start + _FORWARD_BATCH]))
+            return
+        labels = []
+        for batch in x:
+            if not labels:
+                self.batch_sizes[name] = int(tf.shape(batch[0])[0])
+            labels.append(np.asarray(batch[1]))
+            yield forward(batch[0])
+        self.labels[name] = np.concatenate(labels)
 
     def dataset(self, name, labels, batch_size, *, shuffle):
         """One epoch of `(features, labels)` batches for `fit`: a
@@ -220,6 +358,24 @@ class FeatureCache:
             self._temporary = None
 
 
+def _first_rows(x) -> tf.Tensor:
+    """One sample of an array or of a dataset's first batch."""
+    if isinstance(x, tf.data.Dataset):
+        return next(iter(x.take(1)))[0][:1]
+    return tf.constant(x[:1])
+
+
+def _rows(x) -> int:
+    """Samples in an array; for a dataset, at most its batches times the
+    first batch's size, or 0 when its length is unknown."""
+    if not isinstance(x, tf.data.Dataset):
+        return len(x)
+    batches = int(x.cardinality())
+    if batches < 0:
+        return 0
+    return batches * int(tf.shape(next(iter(x.take(1)))[0])[0])
+
+
 def _inference(layers):
     @tf.function(reduce_retracing=True)
     def forward(batch):
@@ -235,24 +391,36 @@ class FeatureFile:
 
     Plain reads, not a memory map, so the pages read do not count towards
     the process's resident memory.
+
+    Args:
+        path: the file.
+        sample_shape: the shape of one row.
+        dtype: the rows' dtype.
     """
 
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype):
+    def __init__(self, path: Path, sample_shape: tuple[int, ...], dtype: np.dtype):
         self.path = Path(path)
-        self.shape, self.dtype = shape, np.dtype(dtype)
-        self.row_bytes = math.prod(shape[1:]) * self.dtype.itemsize
+        self.sample_shape, self.dtype = tuple(sample_shape), np.dtype(dtype)
+        self.row_bytes = math.prod(self.sample_shape) * self.dtype.itemsize
+        self.rows = 0
         self._stream = open(self.path, "w+b")  # noqa: SIM115 (close() closes it)
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.rows, *self.sample_shape)
+
     def __len__(self) -> int:
-        return self.shape[0]
+        return self.rows
 
     def append(self, values: np.ndarray) -> None:
         """Writes `values` after the rows written so far."""
+        self._stream.seek(self.rows * self.row_bytes)
         self._stream.write(np.ascontiguousarray(values, self.dtype).tobytes())
+        self.rows += len(values)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         """The rows at `indices`, in that order (read in file order)."""
-        out = np.empty((len(indices), *self.shape[1:]), self.dtype)
+        out = np.empty((len(indices), *self.sample_shape), self.dtype)
         rows = out.reshape(len(indices), -1).view(np.uint8)
         for position in np.argsort(indices, kind="stable"):
             self._stream.seek(int(indices[position]) * self.row_bytes)

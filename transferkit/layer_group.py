@@ -1,7 +1,14 @@
-"""Named groups of layers that compose into a `keras.Sequential`."""
+"""Named groups of layers that compose into a `keras.Sequential`.
+
+Groups are made from layers (`LayerGroup("head", [...])`) or cut out of an
+existing, built model (`LayerGroup.split(backbone, at="mixed8", names=...)`);
+composed with `+`, a backbone's groups bring the backbone in once, as it is,
+as one layer of the model.
+"""
 
 from __future__ import annotations
 
+import difflib
 import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
@@ -100,6 +107,87 @@ class LayerGroup(Sequence):
         self._input_shape = (
             None if input_shape is None else _check_input_shape(name, input_shape)
         )
+        self._source: keras.Model | None = None
+
+    @classmethod
+    def split(
+        cls,
+        model: keras.Model,
+        *,
+        at: str | int | Sequence[str | int],
+        names: Sequence[str],
+    ) -> tuple[LayerGroup, ...]:
+        """Cuts a built model into consecutive groups of its layers.
+
+        The model may be functional, nested or sequential, e.g. any
+        `keras.applications` backbone. Each cut point ends a group: a layer
+        name ends it inclusively (`at="mixed8"` puts InceptionV3's first 249
+        layers, up to and including `mixed8`, in the first group), an
+        integer `n` puts `model.layers[:n]` in it. The groups hold every
+        layer of `model.layers` once, in order; composed with `+`, they bring
+        `model` in as one layer, with its weights.
+
+        Args:
+            model: a built Keras model.
+            at: a cut point, or a list of them in increasing order.
+            names: one name per group: one more than there are cut points.
+
+        Returns:
+            The groups, in order.
+
+        Raises:
+            TypeError: if `model` is not a Keras model, or a cut point is not
+                a layer name or an integer.
+            ValueError: naming the bad value, for a model that is not built, an
+                unknown layer name (with similar names), a cut point out of
+                range or out of order, or a `names` count that does not match.
+
+        Example:
+
+        >>> import keras
+        >>> base = keras.applications.MobileNetV2(
+        ...     input_shape=(32, 32, 3), alpha=0.35, include_top=False,
+        ...     weights=None)
+        >>> bottom, top = LayerGroup.split(
+        ...     base, at="block_12_add", names=["bottom", "top"])
+        >>> bottom[-1].name, top[0].name
+        ('block_12_add', 'block_13_expand')
+        """
+        if not isinstance(model, keras.Model):
+            raise TypeError(
+                "Expected `model` to be a Keras model to split. Received: "
+                f"{type(model).__name__}"
+            )
+        if not model.built:
+            raise ValueError(
+                f"Model '{model.name}' is not built; build it (or call it on "
+                "data) before splitting it into groups."
+            )
+        points = [at] if isinstance(at, str | int) else list(at)
+        names = [names] if isinstance(names, str) else list(names)
+        if len(names) != len(points) + 1:
+            raise ValueError(
+                f"Expected {len(points) + 1} group names for {len(points)} cut "
+                f"point{'s' if len(points) != 1 else ''}. Received: names={names}"
+            )
+        layers = list(model.layers)
+        ends = [_cut_position(model, point) for point in points]
+        bounds = [0, *ends, len(layers)]
+        for index, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False)):
+            if end <= start:
+                raise ValueError(
+                    f"Cut points must be in increasing order, inside model "
+                    f"'{model.name}' ({len(layers)} layers), and leave every "
+                    f"group a layer; group '{names[index]}' would be empty. "
+                    f"Received: at={points}"
+                )
+        groups = tuple(
+            cls(name, layers[start:end])
+            for name, start, end in zip(names, bounds, bounds[1:], strict=False)
+        )
+        for group in groups:
+            group._source = model
+        return groups
 
     @property
     def name(self) -> str:
@@ -110,6 +198,12 @@ class LayerGroup(Sequence):
     def layers(self) -> tuple[keras.layers.Layer, ...]:
         """The group's layers, in order."""
         return self._layers
+
+    @property
+    def source(self) -> keras.Model | None:
+        """The model the group was split from (`LayerGroup.split`), or
+        `None` for a group of loose layers."""
+        return self._source
 
     @property
     def input_shape(self) -> tuple[int | None, ...] | None:
@@ -167,6 +261,31 @@ class LayerGroup(Sequence):
         return f"LayerGroup({self._name!r}, [{names}]{shape})"
 
 
+def _cut_position(model: keras.Model, point: str | int) -> int:
+    """How many of `model.layers` come before the cut at `point`."""
+    layers = model.layers
+    if isinstance(point, bool) or not isinstance(point, str | int):
+        raise TypeError(
+            "Expected each cut point to be a layer name or an integer. "
+            f"Received: {point!r}"
+        )
+    if isinstance(point, int):
+        if not 0 < point < len(layers):
+            raise ValueError(
+                f"A cut point must be between 1 and {len(layers) - 1} for model "
+                f"'{model.name}' ({len(layers)} layers). Received: at={point}"
+            )
+        return point
+    names = [layer.name for layer in layers]
+    if point not in names:
+        near = difflib.get_close_matches(point, names, n=5, cutoff=0.5)
+        raise ValueError(
+            f"Model '{model.name}' has no layer named {point!r}. Layers with "
+            f"similar names: {near or names[-5:]}. Received: at={point!r}"
+        )
+    return names.index(point) + 1
+
+
 def _check_input_shape(name, input_shape) -> tuple[int | None, ...]:
     try:
         shape = tuple(input_shape)
@@ -209,9 +328,11 @@ class GroupedSequential(keras.Sequential):
     ):
         groups = tuple(groups)
         _check_groups(groups)
-        layers = [layer for group in groups for layer in group.layers]
+        layers = _model_layers(groups)
         if groups and groups[0].input_shape is not None:
             layers.insert(0, keras.Input(shape=groups[0].input_shape))
+        elif groups and groups[0].source is not None:
+            layers.insert(0, keras.Input(shape=groups[0].source.input_shape[1:]))
         super().__init__(layers=layers, name=name, **kwargs)
         self._layer_groups = groups
 
@@ -227,10 +348,8 @@ class GroupedSequential(keras.Sequential):
 
     def get_config(self):
         config = super().get_config()
-        config["groups"] = [
-            [group.name, [layer.name for layer in group.layers]]
-            for group in self._layer_groups
-        ]
+        # A layer of a backbone is named by the backbone and its own name.
+        config["groups"] = [_group_config(group) for group in self._layer_groups]
         return config
 
     @classmethod
@@ -240,14 +359,89 @@ class GroupedSequential(keras.Sequential):
         model = super().from_config(config, custom_objects=custom_objects)
         by_name = {layer.name: layer for layer in model.layers}
         groups = []
-        for index, (group_name, layer_names) in enumerate(group_specs):
-            input_shape = None
-            if index == 0 and model._functional is not None:
-                input_shape = tuple(model.inputs[0].shape[1:])
-            layers = [by_name[layer_name] for layer_name in layer_names]
-            groups.append(LayerGroup(group_name, layers, input_shape))
+        for index, (group_name, layer_names, *flags) in enumerate(group_specs):
+            sources = {name[0] for name in layer_names if isinstance(name, list)}
+            if sources:  # Split from the backbone named in each entry.
+                (source,) = (by_name[name] for name in sources)
+                layers = [source.get_layer(name[1]) for name in layer_names]
+                group = LayerGroup(group_name, layers)
+                group._source = source
+                # Keras restores a nested model's flags from its own.
+                for layer, trainable in zip(layers, flags[0], strict=True):
+                    layer.trainable = trainable
+            else:
+                input_shape = None
+                if index == 0 and model._functional is not None:
+                    input_shape = tuple(model.inputs[0].shape[1:])
+                layers = [by_name[layer_name] for layer_name in layer_names]
+                group = LayerGroup(group_name, layers, input_shape)
+            groups.append(group)
         model._layer_groups = tuple(groups)
         return model
+
+    def layer_path(self, layer: keras.Layer) -> tuple[int, ...]:
+        """Where `layer` is: `(i,)` for `self.layers[i]`, `(i, j)` for the
+        `j`-th layer of a backbone at `self.layers[i]`."""
+        for index, outer in enumerate(self.layers):
+            if outer is layer:
+                return (index,)
+        for group in self._layer_groups:
+            if group.source is not None and any(x is layer for x in group):
+                outer = self.layers.index(group.source)
+                return (outer, group.source.layers.index(layer))
+        raise ValueError(f"Layer '{layer.name}' is not in model '{self.name}'.")
+
+
+def _group_config(group: LayerGroup) -> list:
+    """`[name, layer names]`; for a group split from a model, each layer as
+    `[model name, layer name]`, and the layers' trainable flags."""
+    if group.source is None:
+        return [group.name, [layer.name for layer in group.layers]]
+    return [
+        group.name,
+        [[group.source.name, layer.name] for layer in group.layers],
+        [layer.trainable for layer in group.layers],
+    ]
+
+
+def _model_layers(groups: Sequence[LayerGroup]) -> list[keras.Layer]:
+    """The model's layers: each group's layers, or, for groups split from a
+    model, that model once, where its first group stands.
+
+    Raises:
+        ValueError: if the groups split from one model are not all there,
+            together and in their order.
+    """
+    layers: list[keras.Layer] = []
+    position = 0
+    while position < len(groups):
+        if groups[position].source is None:
+            layers.extend(groups[position].layers)
+            position += 1
+            continue
+        source: keras.Model = groups[position].source
+        run = []
+        while position < len(groups) and groups[position].source is source:
+            run.append(groups[position])
+            position += 1
+        held = [layer for group in run for layer in group.layers]
+        if len(held) != len(source.layers) or any(
+            a is not b for a, b in zip(held, source.layers, strict=True)
+        ):
+            raise ValueError(
+                f"The groups split from model '{source.name}' must all be "
+                "composed, next to each other and in their order, so that "
+                "they hold each of its layers once. Received: "
+                f"{[g.name for g in groups]}, of which {[g.name for g in run]} "
+                f"hold {len(held)} of its {len(source.layers)} layers."
+            )
+        if any(layer is source for layer in layers):
+            raise ValueError(
+                f"The groups split from model '{source.name}' must stand next "
+                f"to each other. Received: {[g.name for g in groups]}"
+            )
+        layers.append(source)
+    return layers
 
 
 def _check_groups(groups):

@@ -7,10 +7,11 @@ one's, needs an optimizer of its own. A run therefore keeps an optimizer
 *spec* (a name, an instance to copy, or a factory) and makes a new, unbuilt
 optimizer from it for each phase.
 
-`fuse_updates` makes Adadelta, SGD (with or without momentum) and Adam
-(without AMSGrad) apply their updates with TensorFlow's fused kernels, which
-compute the same formulas in one pass over each variable; the lean training
-step uses it.
+`scale_learning_rates` gives some variables a multiple of the optimizer's
+learning rate (per-group learning rates). `fuse_updates` makes Adadelta, SGD
+(with or without momentum) and Adam (without AMSGrad) apply their updates
+with TensorFlow's fused kernels, which compute the same formulas in one pass
+over each variable; the lean training step uses it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
 import keras
@@ -29,7 +30,9 @@ __all__ = [
     "check_optimizer_spec",
     "fresh_optimizer",
     "fuse_updates",
+    "has_fused_kernel",
     "optimizer_fingerprint",
+    "scale_learning_rates",
 ]
 
 OptimizerSpec: TypeAlias = (
@@ -102,6 +105,73 @@ def optimizer_fingerprint(optimizer: keras.optimizers.Optimizer) -> dict[str, An
     )
 
 
+def scale_learning_rates(
+    optimizer: keras.optimizers.Optimizer,
+    multipliers: Sequence[tuple[keras.Variable, float]],
+) -> None:
+    """Makes `optimizer` update each listed variable with its learning rate
+    times the variable's multiplier (1.0 for variables not listed).
+
+    The optimizer's own update, and its weight decay, receive the scaled
+    learning rate, so every optimizer, adaptive ones included, updates those
+    variables exactly as it would with that learning rate; a schedule's rate
+    is scaled at every step. A multiplier of 0 skips the variable: it, and
+    its optimizer slots, stay bitwise as they are. The optimizer keeps its
+    class, settings and variables, so checkpoints are unchanged. Call this
+    after `fuse_updates`, if at all.
+
+    Args:
+        optimizer: the phase's optimizer, built or not.
+        multipliers: `(variable, multiplier)` pairs.
+    """
+    # Keras hands the update a Keras variable or its TensorFlow variable;
+    # `_var_key` names both alike.
+    scale = {
+        optimizer._var_key(variable): float(multiplier)
+        for variable, multiplier in multipliers
+    }
+    if not scale or all(value == 1.0 for value in scale.values()):
+        return
+    update = optimizer.update_step
+
+    def update_step(self, gradient, variable, learning_rate):
+        multiplier = scale.get(self._var_key(variable), 1.0)
+        if multiplier == 0.0:
+            return
+        if multiplier != 1.0:
+            learning_rate = learning_rate * multiplier
+        update(gradient, variable, learning_rate)
+
+    def apply_weight_decay(self, variables):
+        if self.weight_decay is None:
+            return
+
+        def decay(distribution, variables):
+            for variable in variables:
+                if isinstance(variable, keras.Variable):
+                    variable = variable.value
+                multiplier = scale.get(self._var_key(variable), 1.0)
+                if multiplier == 0.0 or not self._use_weight_decay(variable):
+                    continue
+
+                def decay_one(variable, multiplier=multiplier):
+                    # As Keras' own, with the scaled learning rate.
+                    lr = tf.cast(self.learning_rate, variable.dtype)
+                    if multiplier != 1.0:
+                        lr = lr * multiplier
+                    wd = tf.cast(self.weight_decay, variable.dtype)
+                    variable.assign_sub(variable * wd * lr)
+
+                distribution.extended.update(variable, decay_one, group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            decay, self._distribution_strategy, variables
+        )
+
+    optimizer.update_step = types.MethodType(update_step, optimizer)
+    optimizer._apply_weight_decay = types.MethodType(apply_weight_decay, optimizer)
+
+
 def fuse_updates(optimizer: keras.optimizers.Optimizer) -> bool:
     """Makes `optimizer` apply its update with one fused TensorFlow kernel per
     variable, where one exists for it; returns whether it does.
@@ -111,14 +181,8 @@ def fuse_updates(optimizer: keras.optimizers.Optimizer) -> bool:
     and EMA, which Keras applies around `update_step`, work as before.
     Sparse gradients take the original path.
     """
-    kind = type(optimizer)
-    if kind is keras.optimizers.Adadelta:
-        fused = _adadelta
-    elif kind is keras.optimizers.SGD:
-        fused = _sgd
-    elif kind is keras.optimizers.Adam and not optimizer.amsgrad:
-        fused = _adam
-    else:
+    fused = _fused_kernel(optimizer)
+    if fused is None:
         return False
     original = optimizer.update_step
 
@@ -136,6 +200,22 @@ def fuse_updates(optimizer: keras.optimizers.Optimizer) -> bool:
 
     optimizer.update_step = types.MethodType(update_step, optimizer)
     return True
+
+
+def has_fused_kernel(optimizer: keras.optimizers.Optimizer) -> bool:
+    """Whether `fuse_updates` has a fused kernel for `optimizer`."""
+    return _fused_kernel(optimizer) is not None
+
+
+def _fused_kernel(optimizer):
+    kind = type(optimizer)
+    if kind is keras.optimizers.Adadelta:
+        return _adadelta
+    if kind is keras.optimizers.SGD:
+        return _sgd
+    if kind is keras.optimizers.Adam and not optimizer.amsgrad:
+        return _adam
+    return None
 
 
 def _handle(variable):

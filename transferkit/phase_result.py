@@ -84,6 +84,15 @@ class PhaseResult:
     """What the lean training step changed (e.g. `"2 Dropout layers on bit
     masks; fused Adadelta updates"`); empty when it was off."""
 
+    lr_multipliers: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Learning-rate multipliers by group name (`lr_multipliers=`); groups
+    not named trained at the optimizer's own rate."""
+
+    batch_norm: str = ""
+    """What the phase did with the BatchNormalization layers of trainable
+    groups split from a backbone (e.g. `"52 layers in inference mode"`);
+    empty when it had none."""
+
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> PhaseResult:
         """The inverse of `to_dict`."""

@@ -33,6 +33,8 @@ def phase_spec(
     optimizer: keras.optimizers.Optimizer,
     loss: Any,
     precision: str,
+    lr_multipliers: dict[str, float] | None = None,
+    backbone_batch_norm: str = "inference",
 ) -> dict[str, Any]:
     """A phase's entry in the plan, JSON-ready.
 
@@ -46,6 +48,10 @@ def phase_spec(
         loss: the loss, recorded by name.
         precision: the run's dtype policy; recorded only when not
             `"float32"`, so that folders from before mixed precision resume.
+        lr_multipliers: learning-rate multipliers by group; recorded only
+            when given. Defaults to `None`.
+        backbone_batch_norm: `"inference"` or `"train"`; recorded only when
+            `"train"`. Defaults to `"inference"`.
     """
     spec = {
         "kind": kind,
@@ -57,8 +63,13 @@ def phase_spec(
         "optimizer": optimizer_fingerprint(optimizer),
         "loss": loss_name(loss),
     }
+    # Recorded only when set, so that folders from before they existed resume.
     if precision != "float32":
         spec["precision"] = precision
+    if lr_multipliers:
+        spec["lr_multipliers"] = dict(sorted(lr_multipliers.items()))
+    if backbone_batch_norm != "inference":
+        spec["backbone_batch_norm"] = backbone_batch_norm
     return json.loads(json.dumps(spec))
 
 
@@ -76,11 +87,19 @@ def model_fingerprint(model: keras.Model) -> str:
             config.pop(key, None)
         layers.append([type(layer).__name__, config])
     groups = [
-        [name, [model.layers.index(layer) for layer in group]]
+        [name, [_position(model, layer) for layer in group]]
         for name, group in model.groups.items()
     ]
     text = json.dumps([layers, groups], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _position(model: keras.Model, layer: keras.Layer) -> int | list[int]:
+    """The index of `layer` in `model.layers`, or `[i, j]` for the `j`-th layer
+    of a backbone at `model.layers[i]`."""
+    if any(layer is outer for outer in model.layers):
+        return model.layers.index(layer)
+    return list(model.layer_path(layer))
 
 
 def differences(recorded: Any, current: Any, prefix: str = "") -> list[str]:

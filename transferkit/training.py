@@ -24,10 +24,11 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from transferkit.feature_cache import CachePlan, FeatureCache, plan_cache
 from transferkit.lean_step import LeanDropout, lean_layers
-from transferkit.optimizers import fuse_updates
+from transferkit.optimizers import has_fused_kernel
 from transferkit.training_data import PhaseData
 
 __all__ = ["PhaseCallbacks", "Training", "TrainingOptions", "train_phase"]
@@ -54,6 +55,10 @@ class TrainingOptions:
 
     lean_step: bool
     """Train with `LeanDropout` and fused optimizer updates."""
+
+    cache_datasets: bool = False
+    """Whether a finite `tf.data.Dataset` may be cached: read once, its
+    features served every epoch."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,19 +113,19 @@ def train_phase(
         options: the run's training options.
     """
     optimizer = compile_args["optimizer"]
-    fused = options.lean_step and fuse_updates(optimizer)
+    fused = options.lean_step and has_fused_kernel(optimizer)
     plan = _plan_cache(model, options, train, validation, frozen)
     if initial_epoch >= epochs:  # Resumed after its last epoch was saved.
         return Training(
             0,
-            _describe_cache(model, plan, None),
+            _describe_cache(plan, None),
             0.0,
             _lean(0, fused, optimizer),
             False,
         )
     cache = _build_cache(model, plan, train, validation, options)
     try:
-        trainer = _trainer(model, plan.layers if cache else 0, cache, options)
+        trainer = _trainer(model, plan.rest if cache else model.layers, cache, options)
         if trainer is not model:
             trainer.compile(**compile_args)
         recorder = _EpochRecorder(on_epoch_end)
@@ -147,7 +152,7 @@ def train_phase(
     lean_count = sum(isinstance(layer, LeanDropout) for layer in trainer.layers)
     return Training(
         cached_layers=plan.layers if cache is not None else 0,
-        cache=_describe_cache(model, plan, cache),
+        cache=_describe_cache(plan, cache),
         cache_seconds=cache.seconds if cache is not None else 0.0,
         lean_step=_lean(lean_count, fused, optimizer),
         interrupted=recorder.interrupted,
@@ -234,8 +239,17 @@ def _plan_cache(model, options, train, validation, frozen) -> CachePlan:
     if not options.feature_cache:
         return CachePlan(0, "turned off (feature_cache=False)")
     for argument, data in (("data", train), ("validation_data", validation)):
-        if data is not None and data.is_dataset:
-            return CachePlan(0, f"`{argument}` is a tf.data.Dataset, not arrays")
+        if data is None or not data.is_dataset:
+            continue
+        if not options.cache_datasets:
+            return CachePlan(
+                0,
+                f"`{argument}` is a tf.data.Dataset, which may change from epoch "
+                "to epoch; pass cache_datasets=True if it is finite and gives "
+                "the same samples every epoch",
+            )
+        if data.x.cardinality() == tf.data.INFINITE_CARDINALITY:
+            return CachePlan(0, f"`{argument}` is an endless tf.data.Dataset")
     return plan_cache(model, frozen)
 
 
@@ -247,21 +261,20 @@ def _build_cache(model, plan, train, validation, options) -> FeatureCache | None
     if validation is not None:
         arrays["validation"] = validation.x
     return FeatureCache(
-        model.layers[: plan.layers],
+        plan.front,
         arrays,
         memory_limit=options.feature_cache_memory,
         folder=options.cache_folder,
     )
 
 
-def _trainer(model, start, cache, options) -> keras.Model:
+def _trainer(model, layers, cache, options) -> keras.Model:
     """What `fit` trains: the model itself, unless the cache or the lean step
-    asks for a model of its layers from `start` on, sharing their weights,
-    that takes the cache's features (or the model's input)."""
+    asks for a model of `layers`, sharing their weights, that takes the
+    cache's features (or the model's input)."""
     lean = options.lean_step and isinstance(model, keras.Sequential)
     if cache is None and not lean:
         return model
-    layers = model.layers[start:]
     if options.lean_step:
         layers = lean_layers(layers)
     trainer = keras.Sequential(
@@ -289,26 +302,29 @@ def _fit_data(train, validation, cache) -> dict[str, Any]:
             # A dataset shuffles itself; Keras warns if asked to.
             "shuffle": isinstance(train.x, np.ndarray),
         }
-    arguments = {
-        "x": cache.dataset("train", train.y, train.batch_size, shuffle=True),
-        "shuffle": False,
-    }
+    arguments = {"x": _cached(cache, "train", train, shuffle=True), "shuffle": False}
     if validation is not None:
-        arguments["validation_data"] = cache.dataset(
-            "validation", validation.y, validation.batch_size, shuffle=False
+        arguments["validation_data"] = _cached(
+            cache, "validation", validation, shuffle=False
         )
     return arguments
 
 
-def _describe_cache(model, plan, cache) -> str:
+def _cached(cache, name, data, *, shuffle):
+    """Batches of the cache's features for `data`: with its labels and batch
+    size, or, for a dataset, those read from it."""
+    if data.is_dataset:
+        labels, batch_size = cache.labels[name], cache.batch_sizes[name]
+    else:
+        labels, batch_size = data.y, data.batch_size
+    return cache.dataset(name, labels, batch_size, shuffle=shuffle)
+
+
+def _describe_cache(plan, cache) -> str:
     if not plan.layers:
         return f"not used: {plan.reason}"
-    cached = model.layers[: plan.layers]
-    names = (
-        cached[0].name if len(cached) == 1 else f"{cached[0].name}..{cached[-1].name}"
-    )
     where = cache.describe() if cache is not None else "not needed (resumed)"
-    return f"{where}; layers {names}: {plan.reason}"
+    return f"{where}; layers {plan.span}: {plan.reason}"
 
 
 def _lean(dropouts: int, fused: bool, optimizer) -> str:

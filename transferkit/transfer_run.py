@@ -10,10 +10,11 @@ variables, and `phase_result` holds what the phase did.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -25,6 +26,8 @@ from transferkit.optimizers import (
     OptimizerSpec,
     check_optimizer_spec,
     fresh_optimizer,
+    fuse_updates,
+    scale_learning_rates,
 )
 from transferkit.phase_result import PhaseResult
 from transferkit.plan import phase_spec
@@ -38,7 +41,10 @@ from transferkit.training_data import (
     prepare_data,
 )
 
-__all__ = ["Data", "OptimizerSpec", "PhaseResult", "TransferRun"]
+__all__ = ["BATCH_NORM", "Data", "OptimizerSpec", "PhaseResult", "TransferRun"]
+
+BATCH_NORM = ("inference", "train")
+"""What a phase's `backbone_batch_norm` accepts."""
 
 
 class TransferRun:
@@ -98,16 +104,25 @@ class TransferRun:
         feature_cache: when the frozen groups start a `Sequential` model,
             compute their output once per phase (in inference mode) and
             train the rest of the model on it, for training and validation
-            data given as arrays. The cache stops before the first frozen
-            layer whose output depends on `training` or on random numbers
-            (Dropout, noise, augmentation, a trainable BatchNormalization),
-            so the phase computes the same function as without it. Each
+            data given as arrays (and datasets, with `cache_datasets`).
+            The cache stops before the first frozen layer whose output
+            depends on `training` or on random numbers (Dropout, noise,
+            augmentation, a trainable BatchNormalization), so the phase
+            computes the same function as without it; inside a backbone
+            split into groups, it ends at a layer whose output is all that
+            the rest of the backbone needs. Each
             `PhaseResult.cache` says what was cached, or why nothing was.
             Defaults to `True`.
         feature_cache_memory: bytes of cached features held in memory; a
             larger cache goes to files in `directory` (or a temporary
             folder), deleted at the end of the phase, and is read back one
             batch at a time. Defaults to `2**30` (1 GiB).
+        cache_datasets: let the feature cache read a `tf.data.Dataset` once
+            (training and validation data alike) and serve its features
+            every epoch, shuffled. Only for a finite dataset that gives the
+            same samples every epoch: no random augmentation (the order may
+            change). Defaults to `False`: a dataset runs uncached, and the
+            result says why.
         steps_per_execution: training steps per call into TensorFlow
             (`compile(steps_per_execution=...)`); more steps per call cost
             less Python overhead per step. Batch-level callbacks then run
@@ -161,6 +176,7 @@ class TransferRun:
         precision: str = "float32",
         feature_cache: bool = True,
         feature_cache_memory: int = 2**30,
+        cache_datasets: bool = False,
         steps_per_execution: int = 1,
         lean_step: bool = False,
     ):
@@ -181,6 +197,7 @@ class TransferRun:
         _require_count(checkpoint_every, "checkpoint_every")
         for argument, value in (
             ("feature_cache", feature_cache),
+            ("cache_datasets", cache_datasets),
             ("lean_step", lean_step),
         ):
             if not isinstance(value, bool):
@@ -214,6 +231,7 @@ class TransferRun:
             feature_cache_memory=feature_cache_memory,
             cache_folder=self._state.path,
             lean_step=lean_step,
+            cache_datasets=cache_datasets,
         )
 
     @property
@@ -283,6 +301,8 @@ class TransferRun:
         optimizer: OptimizerSpec | None = None,
         callbacks: Sequence[keras.callbacks.Callback] | None = None,
         verbose: str | int | None = None,
+        lr_multipliers: Mapping[str, float] | None = None,
+        backbone_batch_norm: str = "inference",
     ) -> PhaseResult:
         """Runs one phase with the groups frozen as they are now.
 
@@ -300,6 +320,19 @@ class TransferRun:
             callbacks: Keras callbacks for `fit`; they see `model` as
                 `self.model`. Defaults to `None`.
             verbose: overrides the run's verbosity. Defaults to `None`.
+            lr_multipliers: learning-rate multipliers by group name, e.g.
+                `{"top": 0.1}`: the phase's optimizer updates those groups'
+                variables with its learning rate (or schedule) times the
+                multiplier, exactly as with that rate, whatever the optimizer;
+                0 leaves a group as it is. Other groups use 1.0. Defaults to
+                `None`.
+            backbone_batch_norm: `"inference"` keeps the BatchNormalization
+                layers of trainable groups split from a backbone
+                (`LayerGroup.split`) frozen, and so in inference mode, as the
+                Keras fine-tuning guide advises for a pretrained backbone;
+                `"train"` trains them (as for a backbone trained from
+                scratch). Other groups' BatchNormalization layers train as
+                usual. Defaults to `"inference"`.
 
         Returns:
             The phase's `PhaseResult`, also appended to `results`.
@@ -313,6 +346,8 @@ class TransferRun:
             optimizer=optimizer,
             callbacks=callbacks,
             verbose=verbose,
+            lr_multipliers=lr_multipliers,
+            backbone_batch_norm=backbone_batch_norm,
         )
 
     def fine_tune(
@@ -326,6 +361,8 @@ class TransferRun:
         optimizer: OptimizerSpec | None = None,
         callbacks: Sequence[keras.callbacks.Callback] | None = None,
         verbose: str | int | None = None,
+        lr_multipliers: Mapping[str, float] | None = None,
+        backbone_batch_norm: str = "inference",
     ) -> PhaseResult:
         """Freezes the named groups, then runs one phase like `train`.
 
@@ -341,6 +378,8 @@ class TransferRun:
             optimizer: as for `train`. Defaults to `None` (the run's).
             callbacks: as for `train`. Defaults to `None`.
             verbose: as for `train`. Defaults to `None`.
+            lr_multipliers: as for `train`. Defaults to `None`.
+            backbone_batch_norm: as for `train`. Defaults to `"inference"`.
 
         Returns:
             The phase's `PhaseResult`, also appended to `results`.
@@ -360,6 +399,8 @@ class TransferRun:
             optimizer=optimizer,
             callbacks=callbacks,
             verbose=verbose,
+            lr_multipliers=lr_multipliers,
+            backbone_batch_norm=backbone_batch_norm,
             freeze=groups,
         )
 
@@ -397,14 +438,18 @@ class TransferRun:
         optimizer: OptimizerSpec | None,
         callbacks: Sequence[keras.callbacks.Callback] | None,
         verbose: str | int | None,
+        lr_multipliers: Mapping[str, float] | None,
+        backbone_batch_norm: str,
         freeze: Sequence[LayerGroup] = (),
     ) -> PhaseResult:
         """One phase, start to end; each step is a method below."""
         started = time.perf_counter()
         _require_epochs(epochs)
         name = self._phase_name(kind, name)
+        multipliers = self._check_multipliers(lr_multipliers)
+        _require_choice(backbone_batch_norm, "backbone_batch_norm", BATCH_NORM)
         train, validation = self._prepare_phase_data(data, validation_data)
-        phase_optimizer = self._make_optimizer(optimizer)
+        phase_optimizer = self._make_optimizer(optimizer, multipliers)
         spec = phase_spec(
             kind=kind,
             name=name,
@@ -414,6 +459,8 @@ class TransferRun:
             optimizer=phase_optimizer,
             loss=self._loss,
             precision=self._policy,
+            lr_multipliers=multipliers,
+            backbone_batch_norm=backbone_batch_norm,
         )
         record = self._state.recorded_phase(len(self._results), spec)
         if record is not None and record["result"] is not None:
@@ -421,14 +468,17 @@ class TransferRun:
         frozen = self._freeze_for_phase(freeze)
         record = self._state.start_phase(record, spec, frozen)
         elapsed = _stopwatch(started, earlier=record["seconds"])
-        self._compile(phase_optimizer)
-        self._restore(record, phase_optimizer)
-        training = self._train(
-            record, train, validation, phase_optimizer, callbacks, verbose, elapsed
-        )
-        if training.interrupted:
-            raise KeyboardInterrupt(self._state.interrupted_message(record))
-        result = self._result(record, train, frozen, training, elapsed())
+        with _backbone_batch_norm(self._model, backbone_batch_norm) as batch_norm:
+            self._compile(phase_optimizer)
+            self._restore(record, phase_optimizer)
+            training = self._train(
+                record, train, validation, phase_optimizer, callbacks, verbose, elapsed
+            )
+            if training.interrupted:
+                raise KeyboardInterrupt(self._state.interrupted_message(record))
+            result = self._result(
+                record, train, frozen, training, batch_norm, elapsed()
+            )
         self._state.finish_phase(record, result)
         self._results.append(result)
         return result
@@ -456,11 +506,45 @@ class TransferRun:
         )
 
     def _make_optimizer(
-        self, override: OptimizerSpec | None
+        self, override: OptimizerSpec | None, multipliers: Mapping[str, float]
     ) -> keras.optimizers.Optimizer:
+        """A fresh optimizer for the phase, with the lean step's fused kernels
+        and the groups' learning-rate multipliers."""
         if override is not None:
             check_optimizer_spec(override, "optimizer")
-        return fresh_optimizer(self._optimizer if override is None else override)
+        optimizer = fresh_optimizer(self._optimizer if override is None else override)
+        if self._training_options.lean_step:
+            fuse_updates(optimizer)
+        groups = self._model.groups
+        scale_learning_rates(
+            optimizer,
+            [(v, m) for name, m in multipliers.items() for v in groups[name].variables],
+        )
+        return optimizer
+
+    def _check_multipliers(
+        self, multipliers: Mapping[str, float] | None
+    ) -> dict[str, float]:
+        if multipliers is None:
+            return {}
+        if not isinstance(multipliers, Mapping):
+            raise TypeError(
+                "Expected `lr_multipliers` to map group names to numbers, e.g. "
+                f"{{'top': 0.1}}. Received: lr_multipliers={multipliers!r}"
+            )
+        self._groups_named(list(multipliers), "lr_multipliers")
+        for value in multipliers.values():
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float | np.number)
+                or not np.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(
+                    "Expected learning-rate multipliers to be finite numbers >= 0. "
+                    f"Received: lr_multipliers={dict(multipliers)!r}"
+                )
+        return {name: float(value) for name, value in multipliers.items()}
 
     def _replay(
         self, record: Mapping[str, Any], freeze: Sequence[LayerGroup]
@@ -551,6 +635,7 @@ class TransferRun:
         train: PhaseData,
         frozen: Sequence[LayerGroup],
         training: Training,
+        batch_norm: str,
         seconds: float,
     ) -> PhaseResult:
         """The phase's result, with the freeze proof."""
@@ -579,6 +664,8 @@ class TransferRun:
             cache=training.cache,
             cache_seconds=training.cache_seconds,
             lean_step=training.lean_step,
+            lr_multipliers=dict(record["spec"].get("lr_multipliers", {})),
+            batch_norm=batch_norm,
         )
 
     def _phase_name(self, kind: str, name: str | None) -> str:
@@ -622,6 +709,41 @@ def _require_count(value: Any, argument: str, minimum: int = 1) -> None:
         raise ValueError(
             f"Expected `{argument}` to be {what}. Received: {argument}={value}"
         )
+
+
+def _require_choice(value: Any, argument: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(
+            f"Unknown `{argument}`. Expected one of {list(choices)}. Received: "
+            f"{argument}={value!r}"
+        )
+
+
+@contextlib.contextmanager
+def _backbone_batch_norm(model: keras.Model, mode: str) -> Iterator[str]:
+    """For the block: with `mode="inference"`, the trainable BatchNormalization
+    layers of groups split from a backbone are frozen, so they run in
+    inference mode; yields what was done, for the result."""
+    layers = [
+        layer
+        for group in model.groups.values()
+        if group.source is not None
+        for layer in group
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
+    if not layers:
+        yield ""
+        return
+    if mode == "train":
+        yield f"{len(layers)} layers of backbone groups trained"
+        return
+    for layer in layers:
+        layer.trainable = False
+    try:
+        yield f"{len(layers)} layers of backbone groups in inference mode"
+    finally:
+        for layer in layers:
+            layer.trainable = True
 
 
 def _require_epochs(epochs: Any) -> None:
