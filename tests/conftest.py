@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny grouped model and tiny synthetic data."""
 
 import importlib.util
+import sys
 
 import keras
 import numpy as np
@@ -128,6 +129,7 @@ def load_script(path):
     """Imports a script that is not in a package (an example, a benchmark)."""
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # Dataclasses look their module up.
     spec.loader.exec_module(module)
     return module
 

@@ -1,6 +1,8 @@
 """The frozen-prefix feature cache: exact, skipped with a reason, spilled to
 disk when large."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -205,3 +207,82 @@ def test_cached_features_equal_the_frozen_layers_in_inference(data):
     np.testing.assert_allclose(cache.features["train"], expected, rtol=1e-6)
     assert cache.nbytes == expected.shape.num_elements() * 4
     cache.close()
+
+
+def image_folder(root, classes=3, per_class=8, size=12):
+    """A folder of class subfolders of small PNG images, as users have."""
+    rng = np.random.default_rng(0)
+    for label in range(classes):
+        folder = root / f"class_{label}"
+        folder.mkdir(parents=True)
+        for index in range(per_class):
+            pixels = rng.integers(0, 60, size=(size, size, 3)) + 60 * label
+            png = tf.io.encode_png(pixels.astype("uint8"))
+            (folder / f"{index}.png").write_bytes(png.numpy())
+    return root
+
+
+def image_model():
+    features = LayerGroup(
+        "features",
+        [layers.Rescaling(1 / 255), layers.Conv2D(4, 3), layers.Flatten()],
+        input_shape=(12, 12, 3),
+    )
+    return features + LayerGroup("classifier", [layers.Dense(3, activation="softmax")])
+
+
+def folder_run(path, **kwargs):
+    dataset = keras.utils.image_dataset_from_directory(
+        path, image_size=(12, 12), batch_size=24, shuffle=False, verbose=False
+    )
+    keras.utils.set_random_seed(4)
+    model = image_model()
+    run = TransferRun(
+        model,
+        optimizer=lambda: keras.optimizers.SGD(0.01),
+        loss=SPARSE,
+        verbose=0,
+        **kwargs,
+    )
+    result = run.fine_tune(
+        dataset, freeze="features", epochs=2, validation_data=dataset
+    )
+    return model, result
+
+
+def test_an_image_folder_dataset_is_cached_when_the_user_opts_in(tmp_path):
+    path = image_folder(tmp_path / "images")
+
+    cached_model, cached = folder_run(path, cache_datasets=True)
+    plain_model, plain = folder_run(path)
+
+    assert re.fullmatch(
+        r"0\.\d MiB in memory; layers rescaling\w*\.\.flatten\w*: covers the "
+        r"frozen groups",
+        cached.cache,
+    )
+    assert cached.cached_layers == 3
+    assert plain.cache.startswith("not used: `data` is a tf.data.Dataset")
+    assert cached.frozen_unchanged and plain.frozen_unchanged
+    # One batch an epoch: the same gradient, summed in another order.
+    for a, b in zip(cached_model.weights, plain_model.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        cached.history["val_loss"], plain.history["val_loss"], rtol=1e-5
+    )
+
+
+def test_a_cached_dataset_keeps_its_labels_with_its_samples(tmp_path):
+    path = image_folder(tmp_path / "images")
+    dataset = keras.utils.image_dataset_from_directory(
+        path, image_size=(12, 12), batch_size=5, shuffle=True, seed=1, verbose=False
+    )
+    identity = [layers.Flatten()]
+
+    cache = FeatureCache(identity, {"train": dataset}, memory_limit=2**20)
+
+    # Each class has its own pixel range: the label follows from the sample.
+    features = cache.features["train"].numpy()
+    labels = cache.labels["train"]
+    assert len(features) == len(labels) == 24 and cache.batch_sizes["train"] == 5
+    np.testing.assert_array_equal(labels, (features.min(axis=1) // 60).astype(int))

@@ -1,16 +1,19 @@
-"""Optimizers for phases: fresh ones from a spec, and fused update kernels
-that follow Keras' formulas."""
+"""Optimizers for phases: fresh ones from a spec, per-variable learning-rate
+multipliers exact for every optimizer, and fused update kernels that follow
+Keras' formulas."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import bitwise_equal
 
 from transferkit.optimizers import (
     check_optimizer_spec,
     fresh_optimizer,
     fuse_updates,
     optimizer_fingerprint,
+    scale_learning_rates,
 )
 
 
@@ -79,3 +82,66 @@ def test_optimizers_without_a_fused_kernel_are_left_alone():
     assert fuse_updates(optimizer) is False
     assert fuse_updates(keras.optimizers.Adam(amsgrad=True)) is False
     assert optimizer.update_step == update_step
+
+
+SCALED = {
+    "sgd": lambda lr: keras.optimizers.SGD(lr),
+    "momentum": lambda lr: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
+    "adam": lambda lr: keras.optimizers.Adam(lr),
+    "adamw": lambda lr: keras.optimizers.AdamW(lr, weight_decay=0.1),
+    "adadelta": lambda lr: keras.optimizers.Adadelta(lr),
+    "rmsprop": lambda lr: keras.optimizers.RMSprop(lr),
+    "ftrl": lambda lr: keras.optimizers.Ftrl(lr),
+    "schedule": lambda lr: keras.optimizers.Adam(
+        keras.optimizers.schedules.ExponentialDecay(lr, decay_steps=1, decay_rate=0.5)
+    ),
+}
+
+
+def trained(make, lr, multipliers=(), fused=False, steps=3):
+    """Two variables after `steps` updates of one optimizer."""
+    rng = np.random.default_rng(1)
+    variables = [
+        keras.Variable(rng.normal(size=(5, 3)).astype("float32")) for _ in "ab"
+    ]
+    optimizer = make(lr)
+    if fused:
+        fuse_updates(optimizer)
+    scale_learning_rates(optimizer, [(variables[i], m) for i, m in multipliers])
+    for _ in range(steps):
+        gradients = [
+            tf.constant(rng.normal(size=(5, 3)).astype("float32")) for _ in "ab"
+        ]
+        optimizer.apply_gradients(zip(gradients, variables, strict=True))
+    return [keras.ops.convert_to_numpy(v) for v in variables], optimizer
+
+
+@pytest.mark.parametrize("make", SCALED.values(), ids=SCALED.keys())
+def test_a_multiplier_is_exactly_that_learning_rate_for_every_optimizer(make):
+    (scaled_a, scaled_b), _ = trained(make, 0.1, [(0, 0.5)])
+    (half_a, _), _ = trained(make, 0.05)
+    (_, plain_b), _ = trained(make, 0.1)
+
+    assert bitwise_equal(scaled_a, half_a)  # Variable a: lr 0.1 x 0.5 = 0.05.
+    assert bitwise_equal(scaled_b, plain_b)  # Variable b: untouched by it.
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "adadelta"])
+def test_multipliers_compose_with_fused_kernels(name):
+    (scaled_a, _), _ = trained(SCALED[name], 0.1, [(0, 0.5)], fused=True)
+    (half_a, _), _ = trained(SCALED[name], 0.05, fused=True)
+    assert bitwise_equal(scaled_a, half_a)
+
+
+def test_a_zero_multiplier_leaves_the_variable_and_its_slots_alone():
+    start = np.random.default_rng(1).normal(size=(5, 3)).astype("float32")
+    (frozen, moved), optimizer = trained(SCALED["adamw"], 0.1, [(0, 0.0)])
+
+    assert bitwise_equal(frozen, start)
+    assert not np.array_equal(moved, frozen)
+    moments = [optimizer._momentums, optimizer._velocities]
+    assert [bool(np.any(keras.ops.convert_to_numpy(m[0]))) for m in moments] == [
+        False,
+        False,
+    ]
+    assert all(np.any(keras.ops.convert_to_numpy(m[1])) for m in moments)

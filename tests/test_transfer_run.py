@@ -376,3 +376,77 @@ def test_fewer_samples_than_one_batch_train_as_one_small_batch():
     assert result.train_samples == 5 and result.frozen_unchanged
     after = snapshot(model.groups["classifier"].variables)
     assert any(not np.array_equal(after[p], v) for p, v in head.items())
+
+
+def one_sgd_step(lr_multipliers):
+    """Each weight's change over one SGD step of the tiny model, and the
+    starting weights."""
+    keras.utils.set_random_seed(0)
+    model = make_model()
+    start = [np.array(keras.ops.convert_to_numpy(w)) for w in model.weights]
+    run = make_run(model, optimizer=lambda: keras.optimizers.SGD(0.1), batch_size=48)
+    result = run.train(make_data(), epochs=1, lr_multipliers=lr_multipliers)
+    end = [np.array(keras.ops.convert_to_numpy(w)) for w in model.weights]
+    return [e - s for e, s in zip(end, start, strict=True)], start, result
+
+
+def test_a_head_multiplier_of_one_half_halves_the_heads_step_alone():
+    full, start, _ = one_sgd_step(None)
+    half, _, result = one_sgd_step({"classifier": 0.5})
+
+    assert result.lr_multipliers == {"classifier": 0.5}
+    features = len(make_model().groups["features"].variables)
+    for index, (a, b, w) in enumerate(zip(full, half, start, strict=True)):
+        assert np.any(a)
+        if index < features:
+            assert bitwise_equal(b, a)  # Exactly as much.
+        else:  # Exactly half, but for the rounding of w - step.
+            ulp = np.spacing(np.abs(w).max() + np.abs(a).max())
+            assert np.abs(b - 0.5 * a).max() <= ulp
+
+
+def test_bad_multipliers_are_refused():
+    run = make_run(make_model())
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown group 'haed'\. Expected one of \['features', 'classifier'\]\. "
+        r"Received: lr_multipliers=\['haed'\]",
+    ):
+        run.train(make_data(), epochs=1, lr_multipliers={"haed": 0.5})
+    with pytest.raises(ValueError, match=r"finite numbers >= 0\. Received: .*-1"):
+        run.train(make_data(), epochs=1, lr_multipliers={"classifier": -1})
+    with pytest.raises(TypeError, match="map group names to numbers"):
+        run.train(make_data(), epochs=1, lr_multipliers=0.5)
+    assert run.results == []
+
+
+def test_multipliers_are_part_of_the_plan_and_survive_a_resume(tmp_path):
+    from conftest import Crash, CrashAfterEpoch
+
+    from transferkit.run_directory import CheckpointError
+
+    data = make_data()
+    model = make_model()
+    features = snapshot(model.groups["features"].variables)
+    with pytest.raises(Crash):
+        make_run(model, directory=tmp_path).train(
+            data,
+            epochs=3,
+            lr_multipliers={"features": 0.0},
+            callbacks=[CrashAfterEpoch(0)],
+        )
+
+    resumed = make_run(make_model(), directory=tmp_path)
+    result = resumed.train(data, epochs=3, lr_multipliers={"features": 0.0})
+
+    assert result.lr_multipliers == {"features": 0.0}
+    after = list(snapshot(resumed.model.groups["features"].variables).values())
+    assert all(
+        bitwise_equal(a, b) for a, b in zip(features.values(), after, strict=True)
+    )
+    with pytest.raises(
+        CheckpointError, match=r"lr_multipliers\.features: recorded 0\.0, now 0\.5"
+    ):
+        make_run(make_model(), directory=tmp_path).train(
+            data, epochs=3, lr_multipliers={"features": 0.5}
+        )

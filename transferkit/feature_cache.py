@@ -205,6 +205,11 @@ def _span(layers) -> str:
     return f"{named[0].name}..{named[-1].name}"
 
 
+# Keras layers whose `call` takes `training` but computes the same either way
+# (Keras 3.15's Dense and EinsumDense accept it and ignore it).
+_SAME_IN_TRAINING = (keras.layers.Dense, keras.layers.EinsumDense)
+
+
 def _varies_in_training(layer: keras.Layer) -> str:
     """Why `layer` may give other outputs in training than in inference, or
     '' when it cannot (its `call` takes no `training`, it holds no random
@@ -221,6 +226,8 @@ def _varies_in_training(layer: keras.Layer) -> str:
             for value in vars(sublayer).values()
         ):
             return "draws random numbers"
+        if type(sublayer) in _SAME_IN_TRAINING:
+            continue
         if "training" in inspect.signature(sublayer.call).parameters:
             return "behaves differently in training"
     return ""

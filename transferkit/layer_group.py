@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import keras
 
@@ -163,7 +164,7 @@ class LayerGroup(Sequence):
                 f"Model '{model.name}' is not built; build it (or call it on "
                 "data) before splitting it into groups."
             )
-        points = [at] if isinstance(at, str | int) else list(at)
+        points: list[Any] = list(at) if isinstance(at, list | tuple) else [at]
         names = [names] if isinstance(names, str) else list(names)
         if len(names) != len(points) + 1:
             raise ValueError(
@@ -261,7 +262,7 @@ class LayerGroup(Sequence):
         return f"LayerGroup({self._name!r}, [{names}]{shape})"
 
 
-def _cut_position(model: keras.Model, point: str | int) -> int:
+def _cut_position(model: keras.Model, point: Any) -> int:
     """How many of `model.layers` come before the cut at `point`."""
     layers = model.layers
     if isinstance(point, bool) or not isinstance(point, str | int):

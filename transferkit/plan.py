@@ -80,18 +80,25 @@ def model_fingerprint(model: keras.Model) -> str:
     change between phases) and dtype policies (the plan records the run's
     precision) are left out.
     """
-    layers = []
-    for layer in model.layers:
-        config = dict(layer.get_config())
-        for key in ("name", "trainable", "dtype"):
-            config.pop(key, None)
-        layers.append([type(layer).__name__, config])
+    layers = [_layer_fingerprint(layer) for layer in model.layers]
     groups = [
         [name, [_position(model, layer) for layer in group]]
         for name, group in model.groups.items()
     ]
     text = json.dumps([layers, groups], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _layer_fingerprint(layer: keras.Layer) -> list:
+    """`[type, settings]`; for a nested model (a backbone), `[type, [its
+    layers' fingerprints]]`, since its config names layers, and Keras numbers
+    some names (`input_layer_3`) per process."""
+    if isinstance(layer, keras.Model):
+        return [type(layer).__name__, [_layer_fingerprint(x) for x in layer.layers]]
+    config = dict(layer.get_config())
+    for key in ("name", "trainable", "dtype"):
+        config.pop(key, None)
+    return [type(layer).__name__, config]
 
 
 def _position(model: keras.Model, layer: keras.Layer) -> int | list[int]:

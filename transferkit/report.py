@@ -130,7 +130,7 @@ def confusion_matrix(
 def phase_rows(phase: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The label and value rows that describe one phase of a report."""
     history = phase.get("history") or {}
-    return [
+    rows = [
         ("classes", _classes(phase["classes"])),
         ("train samples", _number(phase["train_samples"])),
         ("epochs", str(phase["epochs"])),
@@ -150,6 +150,12 @@ def phase_rows(phase: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("lean step", phase.get("lean_step") or "off"),
         ("steps per call", str(phase.get("steps_per_execution", 1))),
     ]
+    # Shown only for the phases that use them.
+    if phase.get("lr_multipliers"):
+        rows.append(("learning rates", _multipliers(phase["lr_multipliers"])))
+    if phase.get("batch_norm"):
+        rows.append(("backbone batch norm", phase["batch_norm"]))
+    return rows
 
 
 def format_phase(phase: Mapping[str, Any]) -> str:
@@ -270,6 +276,10 @@ def load_report(path: str | os.PathLike) -> dict[str, Any]:
             "transferkit to read it."
         )
     return report
+
+
+def _multipliers(multipliers: Mapping[str, float]) -> str:
+    return ", ".join(f"{name} x{value:g}" for name, value in multipliers.items())
 
 
 def _classes(classes) -> str:
