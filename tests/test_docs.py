@@ -55,3 +55,18 @@ def test_the_quickstart_on_your_own_data_runs(tmp_path, monkeypatch):
 
     assert namespace["result"].frozen_unchanged is True
     assert (tmp_path / "model.keras").is_file()
+
+
+def test_the_backbones_page_cuts_and_composes_as_written():
+    page = ROOT / "docs" / "backbones.md"
+    first = python_blocks(page)[0]
+    assert 'weights="imagenet"' in first
+    namespace = {}
+
+    # Offline: the same backbone without its ImageNet download.
+    exec(compile(first.replace('"imagenet"', "None"), str(page), "exec"), namespace)
+
+    model = namespace["model"]
+    assert list(model.groups) == ["bottom", "top", "head"]
+    assert model.groups["bottom"][-1].name == "block_12_add"
+    assert model.output_shape == (None, 10)

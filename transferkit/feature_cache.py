@@ -111,23 +111,15 @@ def _cut(model: keras.Model, prefix: list, end: int, reason: str) -> CachePlan:
     is crossed by more than one tensor after `prefix[end - 1]`."""
     last = prefix[end - 1]
     outer = list(model.layers)
-    for index, layer in enumerate(outer):
-        if layer is last:  # A layer of the model itself: cut after it.
-            return CachePlan(
-                end,
-                reason,
-                tuple(outer[: index + 1]),
-                tuple(outer[index + 1 :]),
-                _span(prefix[:end]),
-            )
     index, backbone = next(
         (i, layer)
         for i, layer in enumerate(outer)
-        if isinstance(layer, keras.Model) and any(x is last for x in layer.layers)
+        if layer is last
+        or (isinstance(layer, keras.Model) and any(x is last for x in layer.layers))
     )
-    inner = list(backbone.layers)
+    inner = list(backbone.layers) if backbone is not last else [last]
     position = next(j for j, layer in enumerate(inner) if layer is last)
-    if position == len(inner) - 1:  # The whole backbone.
+    if position == len(inner) - 1:  # After a layer of the model, or a whole backbone.
         return CachePlan(
             end,
             reason,
