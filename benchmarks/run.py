@@ -3,7 +3,9 @@
 Runs, interleaved and each in its own process, the plain Keras script
 (`benchmarks/plain_keras_transfer.py`) and transferkit's example
 (`examples/mnist_digits.py --out`, which checkpoints every epoch and writes a
-report) without and with `--fast`, on the same data, seed and epochs, and
+report) without and with `--fast`, and with `--fast --precision float32` (what
+`--fast` gives on a CPU without bfloat16 instructions), on the same data, seed
+and epochs, and
 prints the medians: seconds per phase and for the whole process, test
 accuracy per phase, peak memory, and the plain script's times as multiples
 of each variant's (its speed-up).
@@ -38,6 +40,8 @@ VARIANTS = {
     "plain Keras 3": None,
     "transferkit": (),
     "transferkit --fast": ("--fast",),
+    # What --fast gives where the CPU has no bfloat16 instructions.
+    "transferkit --fast --precision float32": ("--fast", "--precision", "float32"),
 }
 """Each variant's example options; `None` for the plain script."""
 

@@ -31,6 +31,7 @@ def test_the_benchmark_prints_a_table_of_every_variant(runner, tiny, capsys):
         "| plain Keras 3",
         "| transferkit",
         "| transferkit --fast",
+        "| transferkit --fast --precision float32",
     ]
     plain = rows[1].strip("| ").split(" | ")
     assert plain[6] == "+0.00"
@@ -58,14 +59,53 @@ def test_the_head_step_benchmark_prints_every_combination(capsys):
 
     assert text in capsys.readouterr().out
     rows = [line.strip("| ").split(" | ") for line in text.splitlines()[2:]]
-    steps = [row for row in rows if len(row) == 4 and row[0] != "precision"]
+    steps = [row for row in rows if len(row) == 6 and row[0] != "precision"]
     assert [tuple(row[:3]) for row in steps] == [
         (precision, dropout, update)
         for precision in ("float32", "mixed_bfloat16")
         for dropout in ("Keras", "lean")
         for update in ("Keras", "fused")
     ]
-    prefix = [row for row in rows if len(row) == 2 and row[0] != "precision"]
-    assert [row[0] for row in prefix] == ["float32", "mixed_bfloat16"]
-    assert all(float(row[-1]) > 0 for row in steps + prefix)
+    assert all(float(cell.rstrip("x")) > 0 for row in steps for cell in row[3:])
+    pairs = [row for row in rows if len(row) == 2 and row[0] != "precision"]
+    # The arithmetic floor, then the frozen layers' forward pass.
+    assert [row[0] for row in pairs] == ["float32", "mixed_bfloat16"] * 2
+    assert all(float(row[-1]) > 0 for row in pairs)
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_the_backbone_benchmark_prints_both_comparisons(capsys):
+    backbone = load_script(Path(__file__).parents[1] / "benchmarks" / "backbone.py")
+    args = ["--size", "32", "--samples", "64", "--epochs", "1", "--batch-size", "32"]
+
+    text = backbone.main(args)
+
+    assert text in capsys.readouterr().out
+    rows = [line.strip("| ").split(" | ") for line in text.splitlines()[4:]]
+    assert [row[0] for row in rows] == [
+        "head: Keras guide",
+        "head: transferkit",
+        "top: uncached",
+        "top: cached",
+    ]
+    assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in rows)
+    assert rows[1][5].endswith("MiB in memory") and rows[3][5].endswith("MiB in memory")
+    assert rows[2][5] == "not used: turned off (feature_cache=False)"
+
+
+def test_the_throughput_benchmark_prints_rates_and_the_examples_arithmetic(capsys):
+    throughput = load_script(Path(__file__).parents[1] / "benchmarks" / "throughput.py")
+
+    text = throughput.main(["--repeats", "1"])
+
+    assert text in capsys.readouterr().out
+    rates = [line.strip("| ").split(" | ") for line in text.splitlines()[2:5]]
+    assert all(float(cell) > 0 for row in rates for cell in row[1:])
+    per_sample = throughput.flops_per_sample()
+    # 18.1 million multiply-adds to train on one digit, 1.18 million in the head.
+    assert per_sample["train step, all layers (phase 1)"] == pytest.approx(
+        36.17, abs=0.01
+    )
+    assert per_sample["train step of the head on cached features"] == pytest.approx(
+        2.36, abs=0.01
+    )

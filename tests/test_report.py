@@ -64,7 +64,11 @@ def test_tables_show_what_a_person_needs(report):
     assert re.search(r"\n  frozen weights +unchanged \(bitwise\)\n", table)
     assert re.search(r"\n  precision +float32\n", table)
     assert re.search(r"\n  feature cache +[\d.]+ MiB in memory; layers conv2d", table)
-    assert re.search(r"\n  lean step +off\n  steps per call +1$", table)
+    assert re.search(
+        r"\n  lean step +off\n  steps per execution +1\n"
+        r"  training loop +transferkit's, \d+ steps? per call$",
+        table,
+    )
     train_accuracy = report["phases"][1]["history"]["accuracy"][-1]
     assert re.search(rf"\n  train accuracy +{train_accuracy:.2%}\n", table)
     page = format_markdown(report)

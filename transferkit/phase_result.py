@@ -66,7 +66,8 @@ class PhaseResult:
     `"mixed_bfloat16"`, `"mixed_float16"`)."""
 
     steps_per_execution: int = 1
-    """Training steps per call into TensorFlow."""
+    """The run's `steps_per_execution`: steps per call into TensorFlow in
+    `fit`; transferkit's loop runs at least as many (see `training_loop`)."""
 
     cached_layers: int = 0
     """Leading layers of the model computed once, before training, from the
@@ -87,6 +88,10 @@ class PhaseResult:
     lr_multipliers: dict[str, float] = dataclasses.field(default_factory=dict)
     """Learning-rate multipliers by group name (`lr_multipliers=`); groups
     not named trained at the optimizer's own rate."""
+
+    training_loop: str = ""
+    """Which loop trained the phase, and why: `"transferkit's, 32 steps per
+    call"`, or `"Keras fit: ..."` with the reason."""
 
     batch_norm: str = ""
     """What the phase did with the BatchNormalization layers of trainable

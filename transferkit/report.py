@@ -148,9 +148,11 @@ def phase_rows(phase: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("precision", phase.get("precision", "float32")),
         ("feature cache", phase.get("cache") or "not recorded"),
         ("lean step", phase.get("lean_step") or "off"),
-        ("steps per call", str(phase.get("steps_per_execution", 1))),
+        ("steps per execution", str(phase.get("steps_per_execution", 1))),
     ]
-    # Shown only for the phases that use them.
+    # Shown only for the phases that use them (or record them).
+    if phase.get("training_loop"):
+        rows.append(("training loop", phase["training_loop"]))
     if phase.get("lr_multipliers"):
         rows.append(("learning rates", _multipliers(phase["lr_multipliers"])))
     if phase.get("batch_norm"):

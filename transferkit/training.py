@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from transferkit.feature_cache import CachePlan, FeatureCache, plan_cache
 from transferkit.lean_step import LeanDropout, lean_layers
+from transferkit.loop import DEFAULT_STEPS_PER_CALL, InMemoryLoop
 from transferkit.optimizers import has_fused_kernel
 from transferkit.training_data import PhaseData
 
@@ -60,6 +61,13 @@ class TrainingOptions:
     """Whether a finite `tf.data.Dataset` may be cached: read once, its
     features served every epoch."""
 
+    training_loop: str = "auto"
+    """`"auto"`: transferkit's own loop for data in memory, else `fit`;
+    `"fit"`: always Keras' `fit`."""
+
+    steps_per_execution: int = 1
+    """Steps per call into TensorFlow that the run was given."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Training:
@@ -79,6 +87,10 @@ class Training:
 
     interrupted: bool
     """Whether Ctrl-C stopped the phase after an epoch."""
+
+    loop: str = ""
+    """Which loop trained, and why (e.g. `"transferkit's, 32 steps per
+    call"`, `"Keras fit: `data` is a tf.data.Dataset"`)."""
 
 
 def train_phase(
@@ -138,14 +150,24 @@ def train_phase(
             steps=train.steps,
             validation_steps=validation.steps if validation is not None else None,
         )
+        loop, why = _in_memory_loop(
+            trainer, train, validation, cache, callbacks, options
+        )
         with _StopAfterEpoch(recorder):
-            trainer.fit(
-                **_fit_data(train, validation, cache),
-                initial_epoch=initial_epoch,
-                epochs=epochs,
-                callbacks=phase_callbacks,
-                verbose=verbose,
-            )
+            if loop is not None:
+                loop.fit(
+                    epochs=epochs,
+                    initial_epoch=initial_epoch,
+                    callbacks=phase_callbacks,
+                )
+            else:
+                trainer.fit(
+                    **_fit_data(train, validation, cache),
+                    initial_epoch=initial_epoch,
+                    epochs=epochs,
+                    callbacks=phase_callbacks,
+                    verbose=verbose,
+                )
     finally:
         if cache is not None:
             cache.close()
@@ -156,6 +178,7 @@ def train_phase(
         cache_seconds=cache.seconds if cache is not None else 0.0,
         lean_step=_lean(lean_count, fused, optimizer),
         interrupted=recorder.interrupted,
+        loop=why,
     )
 
 
@@ -233,6 +256,56 @@ class PhaseCallbacks(keras.callbacks.CallbackList):
 
 def _clip(batch: int, steps: int | None) -> int:
     return batch if steps is None else min(batch, steps - 1)
+
+
+def _in_memory_loop(trainer, train, validation, cache, callbacks, options):
+    """`(InMemoryLoop, why)` when the phase's data is in memory, else
+    `(None, why)`: `fit` trains."""
+    if options.training_loop == "fit":
+        return None, "Keras fit: training_loop='fit'"
+    for name, data in (("data", train), ("validation_data", validation)):
+        if data is None:
+            continue
+        if cache is None and data.is_dataset:
+            return None, f"Keras fit: `{name}` is a tf.data.Dataset"
+        if cache is not None and cache.on_disk:
+            return None, "Keras fit: the feature cache is on disk"
+    # A callback that watches batches sees each one, as in fit.
+    watched = any(_watches_batches(callback) for callback in callbacks)
+    steps = options.steps_per_execution
+    if not watched:
+        steps = max(steps, DEFAULT_STEPS_PER_CALL)
+    if cache is None:
+        x, y, batch_size = train.x, train.y, train.batch_size
+        held = None if validation is None else (validation.x, validation.y)
+    else:
+        x = cache.features["train"]
+        y = cache.labels.get("train", train.y)
+        batch_size = cache.batch_sizes.get("train", train.batch_size)
+        held = None
+        if validation is not None:
+            held = (
+                cache.features["validation"],
+                cache.labels.get("validation", validation.y),
+            )
+    loop = InMemoryLoop(
+        trainer, x, y, batch_size=batch_size, steps_per_call=steps, validation=held
+    )
+    steps = loop.steps_per_call
+    return loop, f"transferkit's, {steps} step{'s' * (steps != 1)} per call"
+
+
+def _watches_batches(callback) -> bool:
+    base = keras.callbacks.Callback
+    return any(
+        getattr(type(callback), hook) is not getattr(base, hook)
+        for hook in (
+            "on_train_batch_begin",
+            "on_train_batch_end",
+            "on_batch_end",
+            "on_batch_begin",
+        )
+    )
 
 
 def _plan_cache(model, options, train, validation, frozen) -> CachePlan:

@@ -41,10 +41,20 @@ from transferkit.training_data import (
     prepare_data,
 )
 
-__all__ = ["BATCH_NORM", "Data", "OptimizerSpec", "PhaseResult", "TransferRun"]
+__all__ = [
+    "BATCH_NORM",
+    "TRAINING_LOOPS",
+    "Data",
+    "OptimizerSpec",
+    "PhaseResult",
+    "TransferRun",
+]
 
 BATCH_NORM = ("inference", "train")
 """What a phase's `backbone_batch_norm` accepts."""
+
+TRAINING_LOOPS = ("auto", "fit")
+"""What `TransferRun(training_loop=...)` accepts."""
 
 
 class TransferRun:
@@ -127,6 +137,14 @@ class TransferRun:
             (`compile(steps_per_execution=...)`); more steps per call cost
             less Python overhead per step. Batch-level callbacks then run
             once per call. Defaults to `1`.
+        training_loop: `"auto"` trains a phase whose data is in memory
+            (arrays, or the feature cache's features) with transferkit's own
+            compiled loop (`transferkit.loop`): many steps per call, batches
+            gathered from the tensors by a per-epoch permutation, callbacks,
+            progress bar, History and validation as with `fit`; other phases
+            (a `tf.data.Dataset`, a cache on disk) use `fit`, and
+            `PhaseResult.training_loop` says which and why. `"fit"` always
+            uses Keras' `fit`. Defaults to `"auto"`.
         lean_step: train a `Sequential` model with `Dropout` masks drawn
             from random bits instead of floats (the same keep probability)
             and with TensorFlow's fused update kernels for Adadelta, SGD
@@ -179,6 +197,7 @@ class TransferRun:
         cache_datasets: bool = False,
         steps_per_execution: int = 1,
         lean_step: bool = False,
+        training_loop: str = "auto",
     ):
         groups = getattr(model, "groups", None)
         if not isinstance(model, keras.Model) or not isinstance(groups, Mapping):
@@ -205,6 +224,7 @@ class TransferRun:
                     f"Expected `{argument}` to be True or False. Received: "
                     f"{argument}={value!r}"
                 )
+        _require_choice(training_loop, "training_loop", TRAINING_LOOPS)
         policy, self.precision_reason = resolve_precision(precision)
         check_optimizer_spec(optimizer, "optimizer")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -232,6 +252,8 @@ class TransferRun:
             cache_folder=self._state.path,
             lean_step=lean_step,
             cache_datasets=cache_datasets,
+            training_loop=training_loop,
+            steps_per_execution=steps_per_execution,
         )
 
     @property
@@ -664,6 +686,7 @@ class TransferRun:
             cache=training.cache,
             cache_seconds=training.cache_seconds,
             lean_step=training.lean_step,
+            training_loop=training.loop,
             lr_multipliers=dict(record["spec"].get("lr_multipliers", {})),
             batch_norm=batch_norm,
         )
