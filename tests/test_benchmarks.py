@@ -109,3 +109,23 @@ def test_the_throughput_benchmark_prints_rates_and_the_examples_arithmetic(capsy
     assert per_sample["train step of the head on cached features"] == pytest.approx(
         2.36, abs=0.01
     )
+
+
+def test_the_phase_costs_benchmark_splits_the_fine_tuning_phase(tiny, capsys):
+    costs = load_script(Path(__file__).parents[1] / "benchmarks" / "phase_costs.py")
+
+    text = costs.main(["--data", str(tiny), "--epochs", "2", "--precision", "float32"])
+
+    assert text in capsys.readouterr().out
+    assert text.startswith("Fine-tuning phase, ") and "transferkit's" in text
+    rows = dict(line.strip("| ").split(" | ") for line in text.splitlines()[4:])
+    assert list(rows) == [
+        "checking the data",
+        "the cache's forward pass",
+        "first epoch's extra (tracing, first run)",
+        "2 epochs at the later epochs' pace",
+        "3 checkpoints",
+        "freeze digests, before and after",
+        "the rest (compiling, the trainer model)",
+    ]
+    assert float(rows["the cache's forward pass"]) > 0

@@ -1,0 +1,133 @@
+"""Where a fine-tuning phase's seconds go, part by part.
+
+Runs the reference example's two phases (`examples/mnist_digits.py`'s model,
+Adadelta(1.0), batch 128, 5 + 5 epochs) as `--fast` does, with a run folder,
+and splits the second phase's seconds: the data check, the cache's forward
+pass, the first epoch's extra (tracing and first run of the loop's
+functions), the other epochs, the checkpoints, the freeze digests, and the
+rest (compiling, building the trainer model).
+
+    python benchmarks/phase_costs.py --data ../shared/data/mnist-10k.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Timings(keras.callbacks.Callback):
+    """Seconds of each epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.began = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(time.perf_counter() - self.began)
+
+
+def seconds(function, *args, **kwargs) -> float:
+    """Seconds of one call of `function`."""
+    began = time.perf_counter()
+    function(*args, **kwargs)
+    return time.perf_counter() - began
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="a Keras-layout mnist.npz (default: the sample)")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--precision", default="auto")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT / "examples"))
+    import mnist_digits
+
+    from transferkit import TransferRun, mnist, split_classes
+    from transferkit.freeze_proof import digest
+    from transferkit.run_directory import RunDirectory
+    from transferkit.training_data import prepare_data
+
+    data = mnist.load(args.data) if args.data else mnist.load_sample()
+    x = mnist_digits.to_model_input(data.x_train)
+    x_test = mnist_digits.to_model_input(data.x_test)
+    low, high = split_classes(x, data.y_train, [range(5), range(5, 10)])
+    low_test, high_test = split_classes(x_test, data.y_test, [range(5), range(5, 10)])
+    keras.utils.set_random_seed(0)
+    with tempfile.TemporaryDirectory() as folder:
+        run = TransferRun(
+            mnist_digits.build_model(),
+            optimizer=lambda: keras.optimizers.Adadelta(1.0),
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+            batch_size=128,
+            verbose=0,
+            directory=folder,
+            seed=0,
+            precision=args.precision,
+            steps_per_execution=32,
+            lean_step=True,
+        )
+        run.train(low, epochs=args.epochs, validation_data=low_test)
+        epochs = Timings()
+        result = run.fine_tune(
+            high,
+            freeze="features",
+            epochs=args.epochs,
+            validation_data=high_test,
+            callbacks=[epochs],
+        )
+        # The same work again, alone: the phase checks its data, digests the
+        # frozen group twice and saves at its start, after each epoch but the
+        # last, and at its end.
+        model = run.model
+        options = {
+            "model": model,
+            "loss": "categorical_crossentropy",
+            "batch_size": 128,
+        }
+        checking = seconds(prepare_data, high, "data", **options) + seconds(
+            prepare_data, high_test, "validation_data", **options
+        )
+        digests = 2 * seconds(digest, [model.groups["features"]])
+        state = {"model": "", "checkpoint": None, "phases": []}
+        checkpoint = seconds(RunDirectory(Path(folder) / "timing").save, model, state)
+    later = float(np.median(epochs.epochs[1:])) if len(epochs.epochs) > 1 else 0.0
+    parts = {
+        "checking the data": checking,
+        "the cache's forward pass": result.cache_seconds,
+        "first epoch's extra (tracing, first run)": epochs.epochs[0] - later,
+        f"{len(epochs.epochs)} epochs at the later epochs' pace": later
+        * len(epochs.epochs),
+        f"{args.epochs + 1} checkpoints": checkpoint * (args.epochs + 1),
+        "freeze digests, before and after": digests,
+    }
+    parts["the rest (compiling, the trainer model)"] = result.seconds - sum(
+        parts.values()
+    )
+    lines = [
+        f"Fine-tuning phase, {result.train_samples:,} digits, {result.precision}, "
+        f"{result.training_loop}: {result.seconds:.2f} s",
+        "",
+        "| part | seconds |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {seconds:.2f} |" for name, seconds in parts.items()]
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
