@@ -66,6 +66,9 @@ class InMemoryLoop:
             self.validation_steps = math.ceil(
                 int(self.validation[0].shape[0]) / batch_size
             )
+        # Keras builds the optimizer and metrics while tracing `fit`'s step;
+        # inside this loop's `tf.while_loop` no variable may be created, so
+        # build them first, as `fit` does under a distribution strategy.
         model._symbolic_build(data_batch=(self.x[:1], self.y[:1]))
         jit = model.jit_compile is True
         self._train = tf.function(self._train_steps, jit_compile=jit)
@@ -82,6 +85,7 @@ class InMemoryLoop:
         model = self.model
         model.stop_training = False
         callbacks.on_train_begin()
+        logs = None
         for epoch in range(initial_epoch, epochs):
             model.reset_metrics()
             callbacks.on_epoch_begin(epoch)
@@ -102,7 +106,7 @@ class InMemoryLoop:
                 break
         if epochs > initial_epoch:
             model.optimizer.finalize_variable_values(model.trainable_weights)
-        callbacks.on_train_end(logs=None)
+        callbacks.on_train_end(logs=logs)
 
     def evaluate(self, callbacks: keras.callbacks.CallbackList | None = None):
         """The validation metrics, as Keras' `evaluate` computes them."""
