@@ -125,6 +125,20 @@ class Epochs(keras.callbacks.Callback):
         self.seen.append(epoch)
 
 
+class Batches(keras.callbacks.Callback):
+    """Records the batch numbers training and validation report."""
+
+    def __init__(self):
+        super().__init__()
+        self.train, self.test = [], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.train.append(batch)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.test.append(batch)
+
+
 def load_script(path):
     """Imports a script that is not in a package (an example, a benchmark)."""
     spec = importlib.util.spec_from_file_location(path.stem, path)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import (
+    Batches,
     Crash,
     CrashAfterEpoch,
     Epochs,
@@ -85,14 +86,6 @@ def test_the_loop_repeats_bitwise_from_the_same_seed():
 
 
 def test_the_loop_runs_many_steps_per_call_unless_a_callback_watches_batches():
-    class Batches(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.seen.append(batch)
-
     data = make_data(samples=96)  # 6 batches of 16.
     quiet = make_run().train(data, epochs=1, callbacks=[Epochs()])
     watcher = Batches()
@@ -103,7 +96,7 @@ def test_the_loop_runs_many_steps_per_call_unless_a_callback_watches_batches():
 
     assert quiet.training_loop == "transferkit's, 6 steps per call"  # The epoch.
     assert watched.training_loop == "transferkit's, 1 step per call"
-    assert watcher.seen == [0, 1, 2, 3, 4, 5]
+    assert watcher.train == [0, 1, 2, 3, 4, 5]
     assert grouped.training_loop == "transferkit's, 4 steps per call"
 
 

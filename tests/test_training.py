@@ -6,7 +6,7 @@ import re
 import keras
 import numpy as np
 import pytest
-from conftest import bitwise_equal, make_data, make_model, snapshot
+from conftest import Batches, bitwise_equal, make_data, make_model, snapshot
 
 from transferkit import TransferRun
 
@@ -100,18 +100,6 @@ def test_early_stopping_restores_the_best_weights_and_the_run_keeps_them(
         bitwise_equal(a, b)
         for a, b in zip(reloaded.values(), final.values(), strict=True)
     )
-
-
-class Batches(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.train, self.test = [], []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.train.append(batch)
-
-    def on_test_batch_end(self, batch, logs=None):
-        self.test.append(batch)
 
 
 @pytest.mark.parametrize("settings, kind", TRAINERS.values(), ids=TRAINERS.keys())

@@ -104,6 +104,8 @@ def _layer_fingerprint(layer: keras.Layer) -> list:
 def _position(model: keras.Model, layer: keras.Layer) -> int | list[int]:
     """The index of `layer` in `model.layers`, or `[i, j]` for the `j`-th layer
     of a backbone at `model.layers[i]`."""
+    # Any model with `groups` may hold its layers at the top; only a
+    # `GroupedSequential` holds backbones, and knows their layers' paths.
     if any(layer is outer for outer in model.layers):
         return model.layers.index(layer)
     return list(model.layer_path(layer))

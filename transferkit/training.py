@@ -1,13 +1,13 @@
-"""Training one phase: `fit` on the model, or on a trainer model of its
-layers fed by the feature cache or with the lean step.
+"""Training one phase: which model trains, on what, and with which loop.
 
 `train_phase` decides what trains (the model itself, or a `Sequential` of
-its layers from the end of the cache on, sharing their weights), feeds it,
-and runs Keras' `fit` with the phase's callbacks. Whatever trains, the
-callbacks see the user's model as `self.model`, so `ModelCheckpoint` saves
-the whole model and `EarlyStopping(restore_best_weights=True)` restores all
-of it; and batch numbers never run past the epoch's real step count, which
-`fit` would otherwise report with `steps_per_execution` above 1.
+its layers from the end of the cache on, sharing their weights) and feeds
+it: with transferkit's own loop (`transferkit.loop`) when the data is in
+memory, with Keras' `fit` otherwise. Whatever trains, the callbacks see the
+user's model as `self.model`, so `ModelCheckpoint` saves the whole model and
+`EarlyStopping(restore_best_weights=True)` restores all of it; and batch
+numbers never run past the epoch's real step count, which `fit` would
+otherwise report with `steps_per_execution` above 1.
 
 The first Ctrl-C during training finishes and records the current epoch and
 then stops; a second one stops at once.
@@ -263,13 +263,11 @@ def _in_memory_loop(trainer, train, validation, cache, callbacks, options):
     `(None, why)`: `fit` trains."""
     if options.training_loop == "fit":
         return None, "Keras fit: training_loop='fit'"
+    if cache is not None and cache.on_disk:
+        return None, "Keras fit: the feature cache is on disk"
     for name, data in (("data", train), ("validation_data", validation)):
-        if data is None:
-            continue
-        if cache is None and data.is_dataset:
+        if cache is None and data is not None and data.is_dataset:
             return None, f"Keras fit: `{name}` is a tf.data.Dataset"
-        if cache is not None and cache.on_disk:
-            return None, "Keras fit: the feature cache is on disk"
     # A callback that watches batches sees each one, as in fit.
     watched = any(_watches_batches(callback) for callback in callbacks)
     steps = options.steps_per_execution
@@ -280,13 +278,12 @@ def _in_memory_loop(trainer, train, validation, cache, callbacks, options):
         held = None if validation is None else (validation.x, validation.y)
     else:
         x = cache.features["train"]
-        y = cache.labels.get("train", train.y)
-        batch_size = cache.batch_sizes.get("train", train.batch_size)
+        y, batch_size = _cached_labels(cache, "train", train)
         held = None
         if validation is not None:
             held = (
                 cache.features["validation"],
-                cache.labels.get("validation", validation.y),
+                _cached_labels(cache, "validation", validation)[0],
             )
     loop = InMemoryLoop(
         trainer, x, y, batch_size=batch_size, steps_per_call=steps, validation=held
@@ -384,13 +381,17 @@ def _fit_data(train, validation, cache) -> dict[str, Any]:
 
 
 def _cached(cache, name, data, *, shuffle):
-    """Batches of the cache's features for `data`: with its labels and batch
-    size, or, for a dataset, those read from it."""
-    if data.is_dataset:
-        labels, batch_size = cache.labels[name], cache.batch_sizes[name]
-    else:
-        labels, batch_size = data.y, data.batch_size
+    """Batches of the cache's features for `data`, for `fit`."""
+    labels, batch_size = _cached_labels(cache, name, data)
     return cache.dataset(name, labels, batch_size, shuffle=shuffle)
+
+
+def _cached_labels(cache, name, data):
+    """`(labels, batch_size)` of the cached `data`: its own, or, for a
+    dataset, those the cache read from it."""
+    if data.is_dataset:
+        return cache.labels[name], cache.batch_sizes[name]
+    return data.y, data.batch_size
 
 
 def _describe_cache(plan, cache) -> str:
