@@ -259,13 +259,17 @@ class FeatureCache:
         folder: str | os.PathLike | None = None,
     ):
         began = time.perf_counter()
-        first = _first_rows(next(iter(inputs.values())))
-        forward = _inference(layers, first)
-        probe = forward(first)
+        # A dataset's first batch is read here once, for the probe and the
+        # size; the features are computed in the pass below.
+        firsts = [_first_batch(x) for x in inputs.values()]
+        forward = _inference(layers, firsts[0])
+        probe = forward(firsts[0][:1])
         self.sample_shape = tuple(probe.shape[1:])
         self.dtype = probe.dtype.name
         row_bytes = probe.shape.num_elements() * probe.dtype.size
-        self.nbytes = sum(_rows(x) for x in inputs.values()) * row_bytes
+        self.nbytes = row_bytes * sum(
+            _rows(x, first) for x, first in zip(inputs.values(), firsts, strict=True)
+        )
         self.on_disk = self.nbytes > memory_limit
         self._temporary: str | None = None
         self.folder: Path | None = None
@@ -364,22 +368,22 @@ class FeatureCache:
             self._temporary = None
 
 
-def _first_rows(x) -> tf.Tensor:
-    """One sample of an array or of a dataset's first batch."""
+def _first_batch(x) -> tf.Tensor:
+    """A dataset's first batch of samples; of an array, its first sample."""
     if isinstance(x, tf.data.Dataset):
-        return next(iter(x.take(1)))[0][:1]
+        return next(iter(x.take(1)))[0]
     return tf.constant(x[:1])
 
 
-def _rows(x) -> int:
+def _rows(x, first: tf.Tensor) -> int:
     """Samples in an array; for a dataset, at most its batches times the
-    first batch's size, or 0 when its length is unknown."""
+    size of its `first` batch, or 0 when its length is unknown."""
     if not isinstance(x, tf.data.Dataset):
         return len(x)
     batches = int(x.cardinality())
     if batches < 0:
         return 0
-    return batches * int(tf.shape(next(iter(x.take(1)))[0])[0])
+    return batches * int(tf.shape(first)[0])
 
 
 def _forward_block(x) -> int:
@@ -421,10 +425,6 @@ class FeatureFile:
         self.row_bytes = math.prod(self.sample_shape) * self.dtype.itemsize
         self.rows = 0
         self._stream = open(self.path, "w+b")  # noqa: SIM115 (close() closes it)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (self.rows, *self.sample_shape)
 
     def __len__(self) -> int:
         return self.rows
