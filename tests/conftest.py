@@ -1,17 +1,26 @@
-"""Shared fixtures: a tiny grouped model and tiny synthetic data."""
+"""Shared fixtures: a tiny grouped model and tiny synthetic data.
+
+The CPU is split into two logical devices before TensorFlow starts, so that
+`tf.distribute.MirroredStrategy` can be tested with two replicas; everything
+else runs on the first, as it would without the split.
+"""
 
 import importlib.util
 import sys
 
-import keras
-import numpy as np
-import pytest
-from keras import layers
+import tensorflow as tf
 
-from transferkit import LayerGroup, mnist
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration()] * 2,
+)
 
-IMAGE_SHAPE = (8, 8, 1)
-NUM_CLASSES = 3
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from tiny import IMAGE_SHAPE, NUM_CLASSES, make_data, make_model  # noqa: E402, F401
+
+from transferkit import mnist  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -31,34 +40,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def strategy():
+    """A MirroredStrategy over the two logical CPU devices. One for the whole
+    session: a second one in the same process would reuse the first one's
+    collective instance keys, which TensorFlow refuses for other shapes."""
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     keras.utils.set_random_seed(1234)
-
-
-def make_model(batch_norm=False, dropout=False):
-    """A tiny convnet in two groups: 'features' and 'classifier'."""
-    feature_layers = [layers.Conv2D(4, 3)]
-    if batch_norm:
-        feature_layers.append(layers.BatchNormalization())
-    feature_layers += [layers.Activation("relu"), layers.Flatten()]
-    head_layers = [layers.Dense(8, activation="relu")]
-    if dropout:
-        head_layers.append(layers.Dropout(0.5))
-    head_layers.append(layers.Dense(NUM_CLASSES, activation="softmax"))
-    features = LayerGroup("features", feature_layers, input_shape=IMAGE_SHAPE)
-    classifier = LayerGroup("classifier", head_layers)
-    return features + classifier
-
-
-def make_data(samples=48, classes=NUM_CLASSES, seed=0):
-    """Random images whose label shifts their mean, so there is signal."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(samples) % classes
-    rng.shuffle(y)
-    x = rng.normal(size=(samples,) + IMAGE_SHAPE).astype("float32")
-    x += y[:, None, None, None].astype("float32")
-    return x, y
 
 
 def snapshot(variables):

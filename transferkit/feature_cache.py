@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["CachePlan", "FeatureCache", "plan_cache"]
+__all__ = ["CachePlan", "CacheTooLarge", "FeatureCache", "plan_cache"]
 
 _FORWARD_BYTES = 2**23
 """Bytes of input per forward pass while filling the cache: 1,024 MNIST
@@ -230,6 +230,11 @@ def _varies_in_training(layer: keras.Layer) -> str:
     return ""
 
 
+class CacheTooLarge(Exception):
+    """The cache would exceed its memory bound where it may not use files;
+    nothing was computed."""
+
+
 class FeatureCache:
     """The outputs of a model's leading layers for a phase's data.
 
@@ -248,6 +253,9 @@ class FeatureCache:
             (`"train"`, `"validation"`).
         memory_limit: bytes the cache may hold in memory.
         folder: where files go when the cache is larger. Defaults to `None`.
+        disk: whether a cache larger than `memory_limit` may go to files;
+            if not, `CacheTooLarge` is raised before anything is computed.
+            Defaults to `True`.
     """
 
     def __init__(
@@ -257,6 +265,7 @@ class FeatureCache:
         *,
         memory_limit: int,
         folder: str | os.PathLike | None = None,
+        disk: bool = True,
     ):
         began = time.perf_counter()
         # A dataset's first batch is read here once, for the probe and the
@@ -271,6 +280,11 @@ class FeatureCache:
             _rows(x, first) for x, first in zip(inputs.values(), firsts, strict=True)
         )
         self.on_disk = self.nbytes > memory_limit
+        if self.on_disk and not disk:
+            raise CacheTooLarge(
+                f"its {_size(self.nbytes)} would exceed feature_cache_memory "
+                f"({_size(memory_limit)})"
+            )
         self._temporary: str | None = None
         self.folder: Path | None = None
         if self.on_disk:
@@ -366,6 +380,15 @@ class FeatureCache:
         if self._temporary is not None:
             shutil.rmtree(self._temporary, ignore_errors=True)
             self._temporary = None
+
+
+def _size(nbytes: int) -> str:
+    """E.g. `"13.5 KiB"`, `"1.2 GiB"`."""
+    for unit in ("bytes", "KiB", "MiB"):
+        if nbytes < 1024:
+            return f"{nbytes:,.1f} {unit}" if unit != "bytes" else f"{nbytes} bytes"
+        nbytes /= 1024
+    return f"{nbytes:,.1f} GiB"
 
 
 def _first_batch(x) -> tf.Tensor:

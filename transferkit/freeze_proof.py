@@ -4,7 +4,9 @@ A group is frozen when none of its variables may change during a phase,
 trainable or not (BatchNormalization's moving statistics included). Flags
 prove nothing about that; values do. Before a phase, every variable of the
 frozen groups is hashed with SHA-256; after it, the hashes are taken again
-and compared, so a single flipped bit is caught.
+and compared, so a single flipped bit is caught. Under a strategy, whose
+variables hold one copy per replica, the digest is of the first copy and
+every other copy of this machine must equal it bitwise.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def changed_variables(
     groups: Sequence[LayerGroup], before: Mapping[str, Sequence[str]]
 ) -> tuple[str, ...]:
     """Paths of the variables of `groups` whose digest differs from `before`
-    (a `digest` of the same groups); empty when every one is unchanged."""
+    (a `digest` of the same groups), or whose copies on this machine's
+    replicas differ from each other; empty when every one is unchanged."""
     after = digest(groups)
     return tuple(
         variable.path
@@ -50,8 +53,18 @@ def changed_variables(
         for variable, old, new in zip(
             group.variables, before[group.name], after[group.name], strict=True
         )
-        if old != new
+        if old != new or not _replicas_agree(variable)
     )
+
+
+def _replicas_agree(variable: keras.Variable) -> bool:
+    """Whether every replica's copy of `variable` is bitwise the same (a
+    variable made outside a strategy has one)."""
+    copies = getattr(getattr(variable, "value", None), "values", None)
+    if not copies or len(copies) < 2:
+        return True
+    first = np.asarray(copies[0].numpy()).tobytes()
+    return all(np.asarray(c.numpy()).tobytes() == first for c in copies[1:])
 
 
 def count_params(variables: Iterable[keras.Variable]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ class RunDirectory:
 
     Args:
         path: the folder; created if needed.
+        writer: whether this process writes the folder. Other workers of a
+            multi-worker run only read it: they neither create nor clean it.
+            Defaults to `True`.
 
     Raises:
         OSError: if the folder cannot be created or written.
@@ -44,8 +48,9 @@ class RunDirectory:
 
     STATE_FILE = "run.json"
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = ensure_writable(path)
+    def __init__(self, path: str | os.PathLike, *, writer: bool = True):
+        self.writer = writer
+        self.path = ensure_writable(path) if writer else Path(path)
         self.state_path = self.path / self.STATE_FILE
 
     def load_state(self) -> dict[str, Any] | None:
@@ -88,7 +93,16 @@ class RunDirectory:
         return state
 
     def save(self, model: keras.Model, state: dict[str, Any]) -> None:
-        """Checkpoints `model` (weights, flags, optimizer) and then `state`."""
+        """Checkpoints `model` (weights, flags, optimizer) and then `state`.
+
+        A process that does not write the folder saves the model to a
+        temporary file and deletes it: under a multi-worker strategy, saving
+        reads variables that every worker must read at the same time (the
+        recipe of TensorFlow's multi-worker guide)."""
+        if not self.writer:
+            with tempfile.TemporaryDirectory(prefix="transferkit-worker-") as folder:
+                model.save(Path(folder) / "checkpoint.keras")
+            return
         previous = state.get("checkpoint")
         number = _checkpoint_number(previous) + 1 if previous else 1
         name = f"checkpoint-{number:06d}.keras"
@@ -133,7 +147,9 @@ class RunDirectory:
     def remove_orphans(self, state: dict[str, Any] | None) -> None:
         """Deletes what a kill can leave behind: checkpoints that `run.json`
         does not name, temporary files of unfinished writes, and feature
-        caches of an unfinished phase."""
+        caches of an unfinished phase. Only the writer cleans the folder."""
+        if not self.writer:
+            return
         keep = state.get("checkpoint") if state else None
         for path in self.path.glob("checkpoint-*.keras"):
             if path.name != keep and _CHECKPOINT.fullmatch(path.name):

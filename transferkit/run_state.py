@@ -20,6 +20,8 @@ A phase's record is a dictionary, as JSON keeps it:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -60,6 +62,9 @@ class RunState:
             architecture; its checkpoint's weights are loaded into `model`.
         directory: the folder that keeps the run, or `None`.
         checkpoint_every: save after every this many epochs of a phase.
+        writer: whether this process writes the folder; the other workers of
+            a multi-worker run read the chief's state and weights from it,
+            and keep their progress in memory. Defaults to `True`.
 
     Raises:
         CheckpointError: naming the file, if the folder holds a run of
@@ -73,9 +78,12 @@ class RunState:
         directory: str | os.PathLike | None,
         *,
         checkpoint_every: int = 1,
+        writer: bool = True,
     ):
         self._model = model
-        self._directory = None if directory is None else RunDirectory(directory)
+        self._directory = (
+            None if directory is None else RunDirectory(directory, writer=writer)
+        )
         self._every = checkpoint_every
         self._state = self._open()
 
@@ -83,6 +91,22 @@ class RunState:
     def path(self) -> str | None:
         """The run folder, or `None`."""
         return None if self._directory is None else str(self._directory.path)
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run folder (there is one, and
+        this is not a worker other than the chief)."""
+        return self._directory is not None and self._directory.writer
+
+    def fingerprint(self) -> int:
+        """A number that two processes share when they read the same saved
+        state: the checkpoint and each phase's name and progress."""
+        progress = [self._state["checkpoint"]] + [
+            [p["spec"]["name"], p["epochs_done"], p["result"] is not None]
+            for p in self.phases
+        ]
+        text = json.dumps(progress).encode()
+        return int.from_bytes(hashlib.sha256(text).digest()[:7], "little")
 
     @property
     def phases(self) -> list[dict[str, Any]]:
@@ -197,6 +221,15 @@ class RunState:
         return (
             f"Interrupted phase '{record['spec']['name']}' after epoch "
             f"{record['epochs_done']} of {record['spec']['epochs']}. {where}"
+        )
+
+    def resume_message(self) -> str:
+        """How to go on after a multi-worker run lost a worker."""
+        if self._directory is None:
+            return "Nothing was saved: pass `directory=` to be able to resume."
+        return (
+            "Start every worker again with the same command to resume from "
+            f"the last saved epoch in {self.path!r}."
         )
 
     def _open(self) -> dict[str, Any]:

@@ -26,9 +26,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transferkit.feature_cache import CachePlan, FeatureCache, plan_cache
+from transferkit.distribution import Distribution
+from transferkit.feature_cache import CachePlan, CacheTooLarge, FeatureCache, plan_cache
 from transferkit.lean_step import LeanDropout, lean_layers
-from transferkit.loop import DEFAULT_STEPS_PER_CALL, InMemoryLoop
+from transferkit.loop import DEFAULT_STEPS_PER_CALL, DatasetLoop, InMemoryLoop
 from transferkit.optimizers import has_fused_kernel
 from transferkit.training_data import PhaseData
 
@@ -67,6 +68,11 @@ class TrainingOptions:
 
     steps_per_execution: int = 1
     """Steps per call into TensorFlow that the run was given."""
+
+    distribution: Distribution = dataclasses.field(
+        default_factory=lambda: Distribution(None)
+    )
+    """The run's strategy; one device by default."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,23 +141,28 @@ def train_phase(
             _lean(0, fused, optimizer),
             False,
         )
-    cache = _build_cache(model, plan, train, validation, options)
+    given = train, validation
+    train, validation = _shard(train, options), _shard(validation, options)
+    cache, plan = _build_cache(model, plan, train, validation, options)
     try:
         trainer = _trainer(model, plan.rest if cache else model.layers, cache, options)
         if trainer is not model:
             trainer.compile(**compile_args)
         recorder = _EpochRecorder(on_epoch_end)
+        if cache is None and _needs_dataset_loop(*given, options):
+            train, validation = given
+            loop, why = _dataset_loop(trainer, train, validation, callbacks, options)
+        else:
+            loop, why = _in_memory_loop(
+                trainer, train, validation, cache, callbacks, options
+            )
         phase_callbacks = PhaseCallbacks(
             [recorder, *callbacks],
             model=model,
             trainer=trainer,
             verbose=verbose,
             epochs=epochs,
-            steps=train.steps,
-            validation_steps=validation.steps if validation is not None else None,
-        )
-        loop, why = _in_memory_loop(
-            trainer, train, validation, cache, callbacks, options
+            **_epoch_steps(loop, train, validation),
         )
         with _StopAfterEpoch(recorder):
             if loop is not None:
@@ -254,6 +265,16 @@ class PhaseCallbacks(keras.callbacks.CallbackList):
             self._trainer.stop_training = True
 
 
+def _epoch_steps(loop, train, validation) -> dict[str, int | None]:
+    """Batches per epoch and per validation (`None` where unknown), as the
+    loop or `fit` runs them, for the progress bar and the batch numbers."""
+    if loop is not None:
+        held = loop.validation_steps if validation is not None else None
+        return {"steps": loop.steps, "validation_steps": held}
+    held = validation.steps if validation is not None else None
+    return {"steps": train.steps, "validation_steps": held}
+
+
 def _clip(batch: int, steps: int | None) -> int:
     return batch if steps is None else min(batch, steps - 1)
 
@@ -261,6 +282,7 @@ def _clip(batch: int, steps: int | None) -> int:
 def _in_memory_loop(trainer, train, validation, cache, callbacks, options):
     """`(InMemoryLoop, why)` when the phase's data is in memory, else
     `(None, why)`: `fit` trains."""
+    distribution = options.distribution
     if options.training_loop == "fit":
         return None, "Keras fit: training_loop='fit'"
     if cache is not None and cache.on_disk:
@@ -268,11 +290,7 @@ def _in_memory_loop(trainer, train, validation, cache, callbacks, options):
     for name, data in (("data", train), ("validation_data", validation)):
         if cache is None and data is not None and data.is_dataset:
             return None, f"Keras fit: `{name}` is a tf.data.Dataset"
-    # A callback that watches batches sees each one, as in fit.
-    watched = any(_watches_batches(callback) for callback in callbacks)
-    steps = options.steps_per_execution
-    if not watched:
-        steps = max(steps, DEFAULT_STEPS_PER_CALL)
+    steps = _steps_per_call(callbacks, options)
     if cache is None:
         x, y, batch_size = train.x, train.y, train.batch_size
         held = None if validation is None else (validation.x, validation.y)
@@ -286,10 +304,70 @@ def _in_memory_loop(trainer, train, validation, cache, callbacks, options):
                 _cached_labels(cache, "validation", validation)[0],
             )
     loop = InMemoryLoop(
-        trainer, x, y, batch_size=batch_size, steps_per_call=steps, validation=held
+        trainer,
+        x,
+        y,
+        batch_size=batch_size,
+        steps_per_call=steps,
+        validation=held,
+        distribution=distribution,
     )
+    return loop, _describe_loop(loop, distribution.describe())
+
+
+def _steps_per_call(callbacks, options) -> int:
+    # A callback that watches batches sees each one, as in fit.
+    steps = options.steps_per_execution
+    if not any(_watches_batches(callback) for callback in callbacks):
+        steps = max(steps, DEFAULT_STEPS_PER_CALL)
+    return steps
+
+
+def _needs_dataset_loop(train, validation, options) -> bool:
+    """Whether a phase trains on a dataset (uncached) where `fit` cannot:
+    with several workers."""
+    return options.distribution.multi_worker and any(
+        data is not None and data.is_dataset for data in (train, validation)
+    )
+
+
+def _dataset_loop(trainer, train, validation, callbacks, options):
+    """`(DatasetLoop, why)` for a multi-worker phase with a dataset, whose
+    strategy shards it; arrays beside it go in as a dataset too."""
+    train = train.as_dataset(shuffle=True)
+    if validation is not None:
+        validation = validation.as_dataset(shuffle=False)
+    loop = DatasetLoop(
+        trainer,
+        train.x,
+        steps_per_call=_steps_per_call(callbacks, options),
+        validation=None if validation is None else validation.x,
+        distribution=options.distribution,
+    )
+    where = f"{options.distribution.describe()}; the dataset sharded by the strategy"
+    return loop, _describe_loop(loop, where)
+
+
+def _describe_loop(loop, where: str) -> str:
     steps = loop.steps_per_call
-    return loop, f"transferkit's, {steps} step{'s' * (steps != 1)} per call"
+    why = f"transferkit's, {steps} step{'s' * (steps != 1)} per call"
+    return f"{why}; {where}" if where else why
+
+
+def _shard(data: PhaseData | None, options: TrainingOptions) -> PhaseData | None:
+    """This worker's share of `data` when several workers train: every
+    `workers`-th sample of arrays, every `workers`-th batch of a dataset (which
+    the cache then reads); `data` itself on one machine."""
+    distribution = options.distribution
+    if data is None or not distribution.multi_worker:
+        return data
+    if data.is_dataset:
+        return dataclasses.replace(
+            data, x=data.x.shard(distribution.workers, distribution.worker)
+        )
+    return dataclasses.replace(
+        data, x=distribution.shard(data.x), y=distribution.shard(data.y)
+    )
 
 
 def _watches_batches(callback) -> bool:
@@ -323,19 +401,32 @@ def _plan_cache(model, options, train, validation, frozen) -> CachePlan:
     return plan_cache(model, frozen)
 
 
-def _build_cache(model, plan, train, validation, options) -> FeatureCache | None:
-    """The features of the cached layers for the phase's arrays, or `None`."""
+def _build_cache(
+    model, plan, train, validation, options
+) -> tuple[FeatureCache | None, CachePlan]:
+    """The features of the cached layers for the phase's arrays (or `None`),
+    and the plan they follow: with several workers, a cache that would not
+    fit in memory is not built, since their loop trains from memory alone."""
     if not plan.layers:
-        return None
+        return None, plan
     arrays = {"train": train.x}
     if validation is not None:
         arrays["validation"] = validation.x
-    return FeatureCache(
-        plan.front,
-        arrays,
-        memory_limit=options.feature_cache_memory,
-        folder=options.cache_folder,
-    )
+    try:
+        cache = FeatureCache(
+            plan.front,
+            arrays,
+            memory_limit=options.feature_cache_memory,
+            folder=options.cache_folder,
+            disk=not options.distribution.multi_worker,
+        )
+    except CacheTooLarge as error:
+        return None, CachePlan(
+            0,
+            f"{error}; transferkit's loop, which trains every multi-worker run, "
+            "takes its data from memory: raise `feature_cache_memory` to cache",
+        )
+    return cache, plan
 
 
 def _trainer(model, layers, cache, options) -> keras.Model:

@@ -78,6 +78,17 @@ class PhaseData:
         """What `fit` takes as `validation_data`: the dataset, or `(x, y)`."""
         return self.x if self.is_dataset else (self.x, self.y)
 
+    def as_dataset(self, *, shuffle: bool) -> PhaseData:
+        """The same data as a batched `tf.data.Dataset`: itself if it is
+        one; arrays in batches of `batch_size`, shuffled anew every epoch
+        when `shuffle`."""
+        if self.is_dataset:
+            return self
+        dataset = tf.data.Dataset.from_tensor_slices((self.x, self.y))
+        if shuffle:
+            dataset = dataset.shuffle(len(self.x), reshuffle_each_iteration=True)
+        return dataclasses.replace(self, x=dataset.batch(self.batch_size), y=None)
+
 
 def prepare_data(
     data: Data,

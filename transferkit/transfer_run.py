@@ -11,6 +11,7 @@ variables, and `phase_result` holds what the phase did.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import time
@@ -19,9 +20,12 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from transferkit.distribution import Distribution
 from transferkit.freeze_proof import changed_variables, count_params
 from transferkit.layer_group import LayerGroup
+from transferkit.loop import DEFAULT_STEPS_PER_CALL, InMemoryLoop
 from transferkit.optimizers import (
     OptimizerSpec,
     check_optimizer_spec,
@@ -32,6 +36,7 @@ from transferkit.optimizers import (
 from transferkit.phase_result import PhaseResult
 from transferkit.plan import phase_spec
 from transferkit.precision import apply_precision, resolve_precision
+from transferkit.run_directory import CheckpointError
 from transferkit.run_state import RunState
 from transferkit.training import Training, TrainingOptions, train_phase
 from transferkit.training_data import (
@@ -55,6 +60,17 @@ BATCH_NORM = ("inference", "train")
 
 TRAINING_LOOPS = ("auto", "fit")
 """What `TransferRun(training_loop=...)` accepts."""
+
+
+def _under_strategy(method: Callable) -> Callable:
+    """`method` of a `TransferRun`, run inside its strategy's scope."""
+
+    @functools.wraps(method)
+    def in_scope(self, *args, **kwargs):
+        with self._distribution.scope():
+            return method(self, *args, **kwargs)
+
+    return in_scope
 
 
 class TransferRun:
@@ -145,6 +161,18 @@ class TransferRun:
             (a `tf.data.Dataset`, a cache on disk) use `fit`, and
             `PhaseResult.training_loop` says which and why. `"fit"` always
             uses Keras' `fit`. Defaults to `"auto"`.
+        strategy: a `tf.distribute.MirroredStrategy` (the GPUs of one
+            machine) or a `tf.distribute.MultiWorkerMirroredStrategy`
+            (several machines, one process each; see `docs/scaling.md`).
+            Build the model inside `strategy.scope()`; the run makes each
+            phase's optimizer, compiles, caches and trains under it.
+            `batch_size` stays the global batch, split evenly among the
+            replicas. With several workers, each trains on its own shard of
+            array data (every `workers`-th sample), only the chief writes
+            `directory`, which every worker reads to resume (so it must be
+            shared), and a worker that stops makes the others raise
+            `transferkit.distribution.WorkerLostError`. Defaults to `None`
+            (one device).
         lean_step: train a `Sequential` model with `Dropout` masks drawn
             from random bits instead of floats (the same keep probability)
             and with TensorFlow's fused update kernels for Adadelta, SGD
@@ -198,6 +226,7 @@ class TransferRun:
         steps_per_execution: int = 1,
         lean_step: bool = False,
         training_loop: str = "auto",
+        strategy: tf.distribute.Strategy | None = None,
     ):
         groups = getattr(model, "groups", None)
         if not isinstance(model, keras.Model) or not isinstance(groups, Mapping):
@@ -225,6 +254,16 @@ class TransferRun:
                     f"{argument}={value!r}"
                 )
         _require_choice(training_loop, "training_loop", TRAINING_LOOPS)
+        distribution = Distribution(strategy)
+        distribution.check_model(model)
+        distribution.check_batch_size(batch_size)
+        if distribution.multi_worker and training_loop == "fit":
+            raise ValueError(
+                "Keras 3's fit fails under MultiWorkerMirroredStrategy "
+                "(keras-team/keras#20585); transferkit trains such a run with "
+                "its own loop. Expected training_loop='auto'. Received: "
+                "training_loop='fit'"
+            )
         policy, self.precision_reason = resolve_precision(precision)
         check_optimizer_spec(optimizer, "optimizer")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -242,24 +281,61 @@ class TransferRun:
         self._check_finite = check_finite
         self._policy = policy
         self._steps_per_execution = steps_per_execution
+        self._distribution = distribution
         apply_precision(model, policy)
         self._results: list[PhaseResult] = []
-        self._state = RunState(model, directory, checkpoint_every=checkpoint_every)
+        with distribution.scope():
+            self._state = RunState(
+                model,
+                directory,
+                checkpoint_every=checkpoint_every,
+                writer=distribution.is_chief,
+            )
+        self._check_workers_agree(directory)
         self._training_options = TrainingOptions(
             precision=policy,
             feature_cache=feature_cache,
             feature_cache_memory=feature_cache_memory,
-            cache_folder=self._state.path,
+            # The other workers' caches stay out of the chief's folder.
+            cache_folder=self._state.path if self._state.writes else None,
             lean_step=lean_step,
             cache_datasets=cache_datasets,
             training_loop=training_loop,
             steps_per_execution=steps_per_execution,
+            distribution=distribution,
         )
+
+    def _check_workers_agree(self, directory) -> None:
+        """With several workers: waits until all of them have read the run
+        folder (before the chief writes to it), and raises if one of them
+        read another state than the chief."""
+        distribution = self._distribution
+        if not distribution.multi_worker:
+            return
+        mine = self._state.fingerprint() if directory is not None else 0
+        if not distribution.agree(mine):
+            raise CheckpointError(
+                f"Worker {distribution.worker} read another state of the run "
+                f"folder {str(directory)!r} than the chief did: every worker "
+                "resumes from the chief's folder, so it must be the same folder "
+                "for all of them (a shared file system), or absent on all."
+            )
 
     @property
     def model(self) -> keras.Model:
         """The model being trained."""
         return self._model
+
+    @property
+    def strategy(self) -> tf.distribute.Strategy | None:
+        """The `tf.distribute` strategy the run trains under, or `None`."""
+        return self._distribution.strategy
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process writes the run's folder and reports: always,
+        but for the workers other than the chief of a multi-worker run."""
+        return self._distribution.is_chief
 
     @property
     def precision(self) -> str:
@@ -441,14 +517,37 @@ class TransferRun:
                 "The model has not been compiled yet; run a phase first."
             )
         prepared = self._prepare(data, "data")
-        return self._model.evaluate(
-            prepared.x,
-            prepared.y,
-            batch_size=prepared.batch_size,
-            verbose=0,
-            return_dict=True,
-        )
+        distribution = self._distribution
+        if not distribution.multi_worker:
+            with distribution.scope():
+                return self._model.evaluate(
+                    prepared.x,
+                    prepared.y,
+                    batch_size=prepared.batch_size,
+                    verbose=0,
+                    return_dict=True,
+                )
+        if prepared.is_dataset:
+            raise ValueError(
+                "Expected arrays or a `ClassSubset` to evaluate a multi-worker "
+                "run (Keras 3's evaluate fails under MultiWorkerMirroredStrategy). "
+                "Received: a tf.data.Dataset"
+            )
+        # Each worker evaluates its shard; the metrics are of all of them.
+        x, y = distribution.shard(prepared.x), distribution.shard(prepared.y)
+        with distribution.scope(), distribution.lost_workers("evaluating"):
+            loop = InMemoryLoop(
+                self._model,
+                x,
+                y,
+                batch_size=prepared.batch_size,
+                steps_per_call=DEFAULT_STEPS_PER_CALL,
+                validation=(x, y),
+                distribution=distribution,
+            )
+            return loop.evaluate()
 
+    @_under_strategy
     def _run_phase(
         self,
         kind: str,
@@ -464,7 +563,8 @@ class TransferRun:
         backbone_batch_norm: str,
         freeze: Sequence[LayerGroup] = (),
     ) -> PhaseResult:
-        """One phase, start to end; each step is a method below."""
+        """One phase, start to end, under the run's strategy; each step is a
+        method below."""
         started = time.perf_counter()
         _require_epochs(epochs)
         name = self._phase_name(kind, name)
@@ -492,10 +592,19 @@ class TransferRun:
         elapsed = _stopwatch(started, earlier=record["seconds"])
         with _backbone_batch_norm(self._model, backbone_batch_norm) as batch_norm:
             self._compile(phase_optimizer)
-            self._restore(record, phase_optimizer)
-            training = self._train(
-                record, train, validation, phase_optimizer, callbacks, verbose, elapsed
-            )
+            with self._distribution.lost_workers(
+                f"training phase '{name}'", self._state.resume_message()
+            ):
+                self._restore(record, phase_optimizer)
+                training = self._train(
+                    record,
+                    train,
+                    validation,
+                    phase_optimizer,
+                    callbacks,
+                    verbose,
+                    elapsed,
+                )
             if training.interrupted:
                 raise KeyboardInterrupt(self._state.interrupted_message(record))
             result = self._result(
