@@ -21,11 +21,18 @@ shipped with transferkit.
 With `--out DIR` the run is kept in DIR: a checkpoint after every epoch, and
 at the end `report.json`, `report.md` and PNG figures. Running the same
 command again after a crash, a kill or Ctrl-C resumes where it stopped.
+
+`--strategy mirrored` trains on every GPU of the machine (or, with
+`--cpu-devices N`, on N logical devices of the CPU, to try it without a GPU);
+`--strategy multi-worker` trains on several machines, one process each, every
+one started with the same command and its own `TF_CONFIG`
+(see docs/scaling.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
@@ -34,6 +41,7 @@ import numpy as np
 from keras import layers
 
 from transferkit import LayerGroup, TransferRun, mnist, split_classes
+from transferkit.distribution import is_chief
 from transferkit.precision import PRECISIONS
 from transferkit.report import (
     build_report,
@@ -45,6 +53,7 @@ from transferkit.report import (
 )
 
 FAST_STEPS_PER_EXECUTION = 32
+STRATEGIES = ("none", "mirrored", "multi-worker")
 
 
 def build_model() -> keras.Sequential:
@@ -167,6 +176,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         "of once (the cache is exact, and on by default)",
     )
     parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="none",
+        help="none: one device; mirrored: every GPU of this machine (or the "
+        "--cpu-devices); multi-worker: the machines that TF_CONFIG lists "
+        "(default: none)",
+    )
+    parser.add_argument(
+        "--cpu-devices",
+        type=_positive_int,
+        metavar="N",
+        help="split the CPU into N logical devices, for --strategy mirrored on "
+        "a machine without GPUs (they share the same cores)",
+    )
+    parser.add_argument(
         "--verbose",
         choices=["auto", "0", "1", "2"],
         default="auto",
@@ -177,7 +201,29 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.precision = "auto" if args.fast else "float32"
     if args.steps_per_execution is None:
         args.steps_per_execution = FAST_STEPS_PER_EXECUTION if args.fast else 1
+    if args.cpu_devices and args.strategy != "mirrored":
+        parser.error("--cpu-devices goes with --strategy mirrored")
     return args
+
+
+def make_strategy(name: str, cpu_devices: int | None):
+    """The `tf.distribute` strategy `--strategy` names, or `None`. Made before
+    anything else runs in TensorFlow, as multi-worker training requires."""
+    import tensorflow as tf
+
+    if name == "multi-worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        if cpu_devices:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices
+            )
+            return tf.distribute.MirroredStrategy(
+                [f"/cpu:{index}" for index in range(cpu_devices)]
+            )
+        return tf.distribute.MirroredStrategy()
+    return None
 
 
 def _positive_int(text: str) -> int:
@@ -208,7 +254,9 @@ def main(argv=None) -> dict:
     """Runs the experiment; returns the report (also written with --out)."""
     args = parse_args(argv)
     start = time.perf_counter()
-    if args.out:
+    strategy = make_strategy(args.strategy, args.cpu_devices)
+    chief = strategy is None or is_chief(strategy)
+    if args.out and chief:
         ensure_writable(args.out)  # Fail before training, not after.
     keras.utils.set_random_seed(args.seed)
 
@@ -221,8 +269,10 @@ def main(argv=None) -> dict:
     low_test, high_test = split_classes(x_test, data.y_test, digit_lists)
     del x_train, x_test  # The subsets hold their own copies.
 
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_model()
     run = TransferRun(
-        build_model(),
+        model,
         optimizer=lambda: keras.optimizers.Adadelta(args.learning_rate),
         loss="categorical_crossentropy",
         metrics=["accuracy"],
@@ -236,6 +286,7 @@ def main(argv=None) -> dict:
         feature_cache=args.feature_cache,
         steps_per_execution=args.steps_per_execution,
         lean_step=args.fast,
+        strategy=strategy,
     )
     if run.precision != "float32":
         print(f"Precision: {run.precision} ({run.precision_reason}).", flush=True)
@@ -270,6 +321,8 @@ def main(argv=None) -> dict:
             "feature_cache": args.feature_cache,
             "steps_per_execution": args.steps_per_execution,
             "lean_step": args.fast,
+            "strategy": args.strategy,
+            "replicas": 1 if strategy is None else strategy.num_replicas_in_sync,
         },
         confusion=confusion_matrix(
             run.model, high_test, phase=last.name, batch_size=args.batch_size
@@ -279,7 +332,7 @@ def main(argv=None) -> dict:
     for phase in report["phases"]:
         print(format_phase(phase), end="\n\n")
     print(f"Total: {report['total_seconds']:.1f} s on {data.source}")
-    if args.out:
+    if args.out and run.is_chief:
         json_path, md_path = write_report(args.out, report)
         print(f"Wrote {json_path} and {md_path}")
         print(figures_line(report))

@@ -9,6 +9,7 @@ from conftest import load_script, shipped_digits
 
 RUNNER = Path(__file__).parents[1] / "benchmarks" / "run.py"
 HEAD_STEP = Path(__file__).parents[1] / "benchmarks" / "head_step.py"
+SCALING = Path(__file__).parents[1] / "benchmarks" / "scaling.py"
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +130,25 @@ def test_the_phase_costs_benchmark_splits_the_fine_tuning_phase(tiny, capsys):
         "the rest (compiling, the trainer model)",
     ]
     assert float(rows["the cache's forward pass"]) > 0
+
+
+def test_the_scaling_benchmark_times_one_device_two_devices_and_two_workers(
+    tiny, capsys
+):
+    text = load_script(SCALING).main(
+        ["--data", str(tiny), "--repeats", "1", "--epochs", "1"]
+    )
+
+    assert text in capsys.readouterr().out
+    rows = [line.strip("| ").split(" | ") for line in text.splitlines()[2:]]
+    assert rows[0][:3] == ["configuration", "phase 1 s", "phase 2 s"]
+    assert [row[0] for row in rows[2:]] == [
+        "one device",
+        "MirroredStrategy, 2 logical CPU devices",
+        "MultiWorkerMirroredStrategy, 2 workers",
+    ]
+    for row in rows[2:]:
+        assert all(float(cell) > 0 for cell in row[1:4])
+        assert all(0 <= float(cell.rstrip("%")) <= 100 for cell in row[4:6])
+    assert rows[3][6].endswith("MirroredStrategy, 2 replicas")
+    assert "2 workers of 1 replica, this one worker 0 (the chief)" in rows[4][6]

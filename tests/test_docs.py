@@ -70,3 +70,25 @@ def test_the_backbones_page_cuts_and_composes_as_written():
     assert list(model.groups) == ["bottom", "top", "head"]
     assert model.groups["bottom"][-1].name == "block_12_add"
     assert model.output_shape == (None, 10)
+
+
+def test_the_scaling_page_trains_on_two_replicas_as_written(strategy):
+    page = ROOT / "docs" / "scaling.md"
+    first = python_blocks(page)[0]
+    # Offline, and on the two logical CPU devices that conftest makes.
+    code = first.replace('"imagenet"', "None").replace(
+        "tf.distribute.MirroredStrategy()", "two_devices"
+    )
+    assert code.count("two_devices") == 1
+    rng = np.random.default_rng(0)
+    namespace = {
+        "two_devices": strategy,
+        "x": rng.normal(size=(16, 96, 96, 3)).astype("float32"),
+        "y": np.arange(16) % 10,
+    }
+
+    exec(compile(code, str(page), "exec"), namespace)
+
+    result = namespace["result"]
+    assert result.frozen_unchanged is True
+    assert result.training_loop.endswith("MirroredStrategy, 2 replicas")

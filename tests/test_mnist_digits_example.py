@@ -256,3 +256,27 @@ def test_the_example_checks_for_nan_by_default(example, tmp_path):
         match=r"NaN or infinite values in `data` \(x\): 1 sample, the first at index \d+ \(7 in the source data\)",
     ):
         example.main(["--data", str(path), "--epochs", "1", "--verbose", "0"])
+
+
+def test_the_example_trains_on_two_logical_devices(few_digits, tmp_path):
+    out = tmp_path / "run"
+    finished = run_example(
+        *("--data", few_digits, "--epochs", 1, "--out", out, "--verbose", 0),
+        *("--strategy", "mirrored", "--cpu-devices", 2),
+    )
+
+    assert finished.returncode == 0, finished.stderr
+    report = json.loads((out / "report.json").read_text())
+    check_report(report, epochs=1)
+    assert report["settings"]["strategy"] == "mirrored"
+    assert report["settings"]["replicas"] == 2
+    assert report["phases"][1]["training_loop"].endswith("MirroredStrategy, 2 replicas")
+
+
+def test_cpu_devices_go_with_the_mirrored_strategy(example, capsys):
+    with pytest.raises(SystemExit):
+        example.parse_args(["--cpu-devices", "2"])
+
+    assert (
+        "error: --cpu-devices goes with --strategy mirrored" in capsys.readouterr().err
+    )

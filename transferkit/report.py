@@ -110,14 +110,23 @@ def confusion_matrix(
         model: a classifier whose output width is `subset.num_classes`.
         subset: labelled data, e.g. the final phase's test subset.
         phase: the name of the phase the matrix belongs to.
-        batch_size: for `model.predict`. Defaults to `128`.
+        batch_size: samples per forward pass. Defaults to `128`.
 
     Returns:
         `{"phase", "classes", "matrix"}`: `matrix[i][j]` counts samples of
         `classes[i]` predicted as `classes[j]`.
     """
-    scores = model.predict(subset.x, batch_size=batch_size, verbose=0)
-    predicted = np.asarray(scores).argmax(axis=-1)
+    import tensorflow as tf  # Here: reading a report must not start TensorFlow.
+
+    # A plain forward pass rather than `predict`, which under a multi-worker
+    # strategy gathers its outputs across the workers.
+    forward = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1))
+    predicted = np.concatenate(
+        [
+            forward(tf.constant(subset.x[start : start + batch_size])).numpy()
+            for start in range(0, len(subset.x), batch_size)
+        ]
+    )
     size = subset.num_classes
     matrix = np.bincount(subset.y * size + predicted, minlength=size * size)
     return {
