@@ -41,7 +41,10 @@ class Cluster:
         self.processes = []
         self.outputs = []
 
-    def start(self):
+    def start(self, directories=None):
+        """Starts both workers, each with its folder of `directories` (by
+        default both with the run's one)."""
+        directories = directories or [self.directory] * 2
         ports = free_ports(2)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
         self.processes, self.outputs = [], []
@@ -53,7 +56,7 @@ class Cluster:
             self.processes.append(
                 subprocess.Popen(
                     [sys.executable, str(WORKER), str(index), ports]
-                    + ["--directory", str(self.directory), "--out", str(out)]
+                    + ["--directory", str(directories[index]), "--out", str(out)]
                     + self.options,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -186,6 +189,17 @@ def test_killing_both_workers_mid_phase_resumes_from_the_chiefs_folder(tmp_path)
     cluster.kill()
     saved = cluster.epochs_saved(phase=1)
     assert 3 <= saved < 12
+
+    # A worker that does not see the chief's folder stops them both.
+    cluster.start(directories=[cluster.directory, tmp_path / "elsewhere"])
+    assert cluster.wait() == [3, 3]
+    for index in range(2):
+        assert (
+            "ERROR CheckpointError: The workers read different states of the run "
+            f"folder '{[cluster.directory, tmp_path / 'elsewhere'][index]}' (this "
+            f"is worker {index} of 2): every worker resumes from the chief's folder"
+        ) in cluster.log(index)
+    assert cluster.epochs_saved(phase=1) == saved
 
     chief, other = cluster.start().finish()
 

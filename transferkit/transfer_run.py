@@ -315,10 +315,11 @@ class TransferRun:
         mine = self._state.fingerprint() if directory is not None else 0
         if not distribution.agree(mine):
             raise CheckpointError(
-                f"Worker {distribution.worker} read another state of the run "
-                f"folder {str(directory)!r} than the chief did: every worker "
-                "resumes from the chief's folder, so it must be the same folder "
-                "for all of them (a shared file system), or absent on all."
+                "The workers read different states of the run folder "
+                f"{str(directory)!r} (this is worker {distribution.worker} of "
+                f"{distribution.workers}): every worker resumes from the chief's "
+                "folder, so it must be the same folder for all of them (a shared "
+                "file system), or absent on all. Nothing was overwritten."
             )
 
     @property
