@@ -172,10 +172,15 @@ def test_an_unwritable_out_folder_fails_before_training(tmp_path):
     assert "Epoch" not in finished.stdout
 
 
-def test_a_run_killed_in_the_second_phase_resumes_and_finishes(tmp_path):
+@pytest.mark.parametrize(
+    "strategy",
+    [[], ["--strategy", "mirrored", "--cpu-devices", 2]],
+    ids=["one device", "two logical devices"],
+)
+def test_a_run_killed_in_the_second_phase_resumes_and_finishes(tmp_path, strategy):
     digits = shipped_digits(tmp_path / "digits.npz", train=2000, test=400)
     out = tmp_path / "run"
-    args = ["--data", digits, "--epochs", 5, "--out", out, "--verbose", 0]
+    args = ["--data", digits, "--epochs", 5, "--out", out, "--verbose", 0, *strategy]
     command = [sys.executable, str(EXAMPLE), *map(str, args)]
     env = {**os.environ, "PYTHONPATH": str(EXAMPLE.parents[1])}
     process = subprocess.Popen(
@@ -205,6 +210,11 @@ def test_a_run_killed_in_the_second_phase_resumes_and_finishes(tmp_path):
     assert report["settings"]["resumed"] is True
     assert len(report["phases"][1]["history"]["loss"]) == 5
     assert sorted(report["figures"]) == ["confusion_matrix", "learning_curves"]
+    assert report["settings"]["replicas"] == (2 if strategy else 1)
+    if strategy:
+        assert report["settings"]["strategy"] == "mirrored"
+        loop = report["phases"][1]["training_loop"]
+        assert loop.endswith("MirroredStrategy, 2 replicas")
 
 
 def test_rerunning_with_other_settings_refuses_to_touch_the_run(few_digits, tmp_path):
@@ -256,21 +266,6 @@ def test_the_example_checks_for_nan_by_default(example, tmp_path):
         match=r"NaN or infinite values in `data` \(x\): 1 sample, the first at index \d+ \(7 in the source data\)",
     ):
         example.main(["--data", str(path), "--epochs", "1", "--verbose", "0"])
-
-
-def test_the_example_trains_on_two_logical_devices(few_digits, tmp_path):
-    out = tmp_path / "run"
-    finished = run_example(
-        *("--data", few_digits, "--epochs", 1, "--out", out, "--verbose", 0),
-        *("--strategy", "mirrored", "--cpu-devices", 2),
-    )
-
-    assert finished.returncode == 0, finished.stderr
-    report = json.loads((out / "report.json").read_text())
-    check_report(report, epochs=1)
-    assert report["settings"]["strategy"] == "mirrored"
-    assert report["settings"]["replicas"] == 2
-    assert report["phases"][1]["training_loop"].endswith("MirroredStrategy, 2 replicas")
 
 
 def test_cpu_devices_go_with_the_mirrored_strategy(example, capsys):
