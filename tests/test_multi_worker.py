@@ -138,7 +138,9 @@ def assert_same_model(chief, other):
 
 
 def test_two_workers_train_one_model_and_only_the_chief_writes(tmp_path):
-    cluster = Cluster(tmp_path, "--refusals").start()
+    # The first phase trains on arrays, sharded per worker; the second on a
+    # dataset, which the strategy shards.
+    cluster = Cluster(tmp_path, "--refusals", "--dataset").start()
     chief, other = cluster.finish()
 
     assert (chief.is_chief, other.is_chief) == (True, False)
@@ -146,12 +148,18 @@ def test_two_workers_train_one_model_and_only_the_chief_writes(tmp_path):
     for ours, theirs in zip(chief.results, other.results, strict=True):
         assert ours["history"] == theirs["history"]  # Metrics of all replicas.
     train, fine_tune = chief.results
-    assert fine_tune["frozen_unchanged"] is True
-    assert fine_tune["cache"].startswith("0.0 MiB in memory")
-    assert fine_tune["training_loop"] == (
+    assert train["training_loop"] == (
         "transferkit's, 4 steps per call; MultiWorkerMirroredStrategy, 2 workers "
         "of 1 replica, this one worker 0 (the chief)"
     )
+    assert fine_tune["frozen_unchanged"] is True
+    assert fine_tune["cache"].startswith("not used: `data` is a tf.data.Dataset")
+    assert fine_tune["training_loop"] == (
+        "transferkit's, 32 steps per call; MultiWorkerMirroredStrategy, 2 workers "
+        "of 1 replica, this one worker 0 (the chief); the dataset sharded by the "
+        "strategy"
+    )
+    assert len(fine_tune["history"]["loss"]) == 3
     assert chief.evaluation == other.evaluation
     assert chief.evaluation["loss"] == pytest.approx(fine_tune["metrics"]["loss"])
     # The chief's folder holds its state and one checkpoint, nothing else.
@@ -165,21 +173,6 @@ def test_two_workers_train_one_model_and_only_the_chief_writes(tmp_path):
         "(keras-team/keras#20585); transferkit trains such a run with its own "
         "loop. Expected training_loop='auto'. Received: training_loop='fit'",
     ]
-
-
-def test_a_dataset_is_sharded_by_the_strategy_and_trains_one_model(tmp_path):
-    chief, other = Cluster(tmp_path, "--dataset").start().finish()
-
-    assert_same_model(chief, other)
-    fine_tune = chief.results[1]
-    assert fine_tune["frozen_unchanged"] is True
-    assert fine_tune["cache"].startswith("not used: `data` is a tf.data.Dataset")
-    assert fine_tune["training_loop"] == (
-        "transferkit's, 32 steps per call; MultiWorkerMirroredStrategy, 2 "
-        "workers of 1 replica, this one worker 0 (the chief); the dataset "
-        "sharded by the strategy"
-    )
-    assert len(fine_tune["history"]["loss"]) == 3
 
 
 def test_killing_both_workers_mid_phase_resumes_from_the_chiefs_folder(tmp_path):
@@ -208,6 +201,7 @@ def test_killing_both_workers_mid_phase_resumes_from_the_chiefs_folder(tmp_path)
     assert_same_model(chief, other)
     fine_tune = chief.results[1]
     assert fine_tune["frozen_unchanged"] is True
+    assert fine_tune["cache"].startswith("0.0 MiB in memory")  # Each worker's shard.
     assert len(fine_tune["history"]["loss"]) == 12
     for ours, theirs in zip(chief.results, other.results, strict=True):
         assert ours["history"] == theirs["history"]
