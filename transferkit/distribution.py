@@ -33,7 +33,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["Distribution", "WorkerLostError", "is_chief", "local_values"]
+__all__ = [
+    "Distribution",
+    "WorkerLostError",
+    "is_chief",
+    "local_values",
+    "replica_copies",
+]
 
 _LOST_WORKER = (
     tf.errors.UnavailableError,
@@ -168,11 +174,11 @@ class Distribution:
         return values[self.worker :: self.workers]
 
     def most_rows(self, rows: int) -> int:
-        """The largest of every worker's `rows` (an all-reduce); `rows` on
+        """The largest of every worker's `rows` (an all-gather); `rows` on
         one machine."""
         if not self.multi_worker:
             return rows
-        return _all_reduce(self.strategy, rows, tf.reduce_max)
+        return max(_every_replicas(self.strategy, rows))
 
     def agree(self, number: int) -> bool:
         """Whether every worker passed the same `number` (e.g. a fingerprint
@@ -181,9 +187,7 @@ class Distribution:
         if not self.multi_worker:
             return True
         with self.lost_workers("comparing the run's state with the other workers"):
-            low = _all_reduce(self.strategy, number, tf.reduce_min)
-            high = _all_reduce(self.strategy, number, tf.reduce_max)
-        return low == high == number
+            return set(_every_replicas(self.strategy, number)) == {number}
 
     @contextlib.contextmanager
     def lost_workers(self, doing: str, resume: str = "") -> Iterator[None]:
@@ -234,10 +238,10 @@ def is_chief(strategy: tf.distribute.Strategy | None) -> bool:
 def _task(strategy) -> tuple[int, bool]:
     """`(worker number, is chief)` as TensorFlow numbers the cluster: the
     chief first, if the cluster has one, then the workers."""
-    resolver = getattr(strategy, "cluster_resolver", None)
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return 0, True
-    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    resolver = strategy.cluster_resolver
+    cluster = resolver.cluster_spec().as_dict()
     kind, index = resolver.task_type, resolver.task_id
     if not cluster or kind is None:
         return 0, True
@@ -266,11 +270,11 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'s' * (number != 1)}"
 
 
-def _all_reduce(strategy, number: int, operation) -> int:
-    """`number` of every replica (e.g. this worker's rows) reduced by
-    `operation` (`tf.reduce_max`, `tf.reduce_min`) across the cluster."""
+def _every_replicas(strategy, number: int) -> list[int]:
+    """`number` as every replica of the cluster passed it (e.g. each
+    worker's rows), in replica order."""
     result = _gather(strategy)(tf.constant(number, tf.int64))
-    return int(operation(strategy.experimental_local_results(result)[0]))
+    return strategy.experimental_local_results(result)[0].numpy().tolist()
 
 
 @functools.cache
@@ -284,9 +288,14 @@ def _gather(strategy):
     return tf.function(lambda value: strategy.run(gather, args=(value,)))
 
 
+def replica_copies(variable: Any) -> Sequence[Any]:
+    """The copies of `variable` on this worker's replicas, as TensorFlow
+    variables; empty for a variable made outside a strategy."""
+    return getattr(getattr(variable, "value", variable), "values", None) or ()
+
+
 def local_values(variable: Any) -> Sequence[np.ndarray]:
     """The value of `variable` on each of this worker's replicas (one value
     without a strategy), for checks that the replicas agree."""
-    value = getattr(variable, "value", variable)
-    components = getattr(value, "values", None) or (value,)
-    return [np.array(component.numpy()) for component in components]
+    copies = replica_copies(variable) or (getattr(variable, "value", variable),)
+    return [np.array(copy.numpy()) for copy in copies]

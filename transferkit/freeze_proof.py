@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import keras
 import numpy as np
 
+from transferkit.distribution import replica_copies
 from transferkit.layer_group import LayerGroup
 
 __all__ = ["changed_variables", "count_params", "digest"]
@@ -60,8 +61,8 @@ def changed_variables(
 def _replicas_agree(variable: keras.Variable) -> bool:
     """Whether every replica's copy of `variable` is bitwise the same (a
     variable made outside a strategy has one)."""
-    copies = getattr(getattr(variable, "value", None), "values", None)
-    if not copies or len(copies) < 2:
+    copies = replica_copies(variable)
+    if len(copies) < 2:
         return True
     first = np.asarray(copies[0].numpy()).tobytes()
     return all(np.asarray(c.numpy()).tobytes() == first for c in copies[1:])

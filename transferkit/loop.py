@@ -369,15 +369,16 @@ class DatasetLoop(_Loop):
         return self._iterate(self._test, self.validation)
 
     def _iterate(self, function, dataset):
-        iterator, first, ran = iter(dataset), 0, [self.steps_per_call]
+        iterator, first, ran = iter(dataset), 0, self.steps_per_call
 
         def run():
-            ran[0] = int(function(iterator, _int(self.steps_per_call)))
-            return ran[0]
+            nonlocal ran
+            ran = int(function(iterator, _int(self.steps_per_call)))
+            return ran
 
-        while ran[0] == self.steps_per_call:  # Until a call comes up short.
+        while ran == self.steps_per_call:  # Until a call comes up short.
             yield first, run
-            first += ran[0]
+            first += ran
 
     def _dataset_train_steps(self, iterator, count):
         return self._dataset_steps(self.model.train_step, iterator, count, train=True)
