@@ -3,11 +3,12 @@
 The fine-tuning phase of the reference example trains Dropout, Flatten,
 Dense(128), ReLU, Dropout, Dense(5), softmax on the cached output of the
 frozen convolutions (12 x 12 x 32 per digit). This script times a step of
-that head, with Keras' Dropout or transferkit's `LeanDropout`, Keras'
-Adadelta updates or the fused ones, in float32 and mixed bfloat16, in Keras'
-`fit` and in transferkit's own loop, against the step's arithmetic floor
-(its two large matmuls alone), and the forward pass of the frozen layers
-that fills the cache, and prints tables in milliseconds.
+that head, with Keras' layers or the lean step's (`LeanDropout`,
+`LeanSoftmax`), Keras' Adadelta updates or the fused ones, in float32 and
+mixed bfloat16, in Keras' `fit` and in transferkit's own loop, against the
+step's arithmetic floor (its two large matmuls alone), and the forward pass
+of the frozen layers that fills the cache, and prints tables in
+milliseconds.
 
     python benchmarks/head_step.py
     python benchmarks/head_step.py --samples 2000 --repeats 1
@@ -25,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from transferkit.lean_step import LeanDropout
+from transferkit.lean_step import lean_layers
 from transferkit.loop import InMemoryLoop
 from transferkit.optimizers import fuse_updates
 
@@ -44,27 +45,26 @@ def global_policy(policy: str):
 
 
 def head(lean: bool, dtype: str) -> keras.Sequential:
-    def dropout(rate):
-        return LeanDropout(layers.Dropout(rate)) if lean else layers.Dropout(rate)
-
+    """The example's head on cached features; with `lean`, the layers that
+    a lean run trains (`transferkit.lean_step.lean_layers`)."""
+    body = [
+        layers.Dropout(0.25),
+        layers.Flatten(),
+        layers.Dense(128),
+        layers.Activation("relu"),
+        layers.Dropout(0.5),
+        layers.Dense(5),
+        layers.Activation("softmax", dtype="float32"),
+    ]
     return keras.Sequential(
-        [
-            keras.Input(FEATURES, dtype=dtype),
-            dropout(0.25),
-            layers.Flatten(),
-            layers.Dense(128),
-            layers.Activation("relu"),
-            dropout(0.5),
-            layers.Dense(5),
-            layers.Activation("softmax", dtype="float32"),
-        ]
+        [keras.Input(FEATURES, dtype=dtype), *(lean_layers(body) if lean else body)]
     )
 
 
-def time_step(samples, repeats, *, lean, fused, policy, loop=False) -> float:
-    """Milliseconds per training step, in Keras' `fit` or (`loop`) in
-    transferkit's own loop: the best of `repeats` epochs, the figure least
-    disturbed by other work on the machine."""
+def time_step(samples, repeats, *, lean, fused, policy, loop=False, xla=False):
+    """Milliseconds per training step, in Keras' `fit` (compiled by XLA
+    with `xla`) or (`loop`) in transferkit's own loop: the best of `repeats`
+    epochs, the figure least disturbed by other work on the machine."""
     with global_policy(policy) as dtype:
         rng = np.random.default_rng(0)
         features = tf.cast(rng.random((samples, *FEATURES), np.float32), dtype)
@@ -83,6 +83,7 @@ def time_step(samples, repeats, *, lean, fused, policy, loop=False) -> float:
             loss="categorical_crossentropy",
             metrics=["accuracy"],
             steps_per_execution=32,
+            jit_compile=xla,
         )
         if loop:
             runner = InMemoryLoop(
@@ -163,11 +164,17 @@ def main(argv=None) -> str:
     )
     parser.add_argument("--samples", type=int, default=29_184, help="per epoch")
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs")
+    parser.add_argument(
+        "--xla",
+        action="store_true",
+        help="also time Keras' fit with jit_compile=True (Keras' layers, on at "
+        "most 4,096 samples an epoch: slow on a CPU)",
+    )
     args = parser.parse_args(argv)
 
     lines = [
-        "| precision | Dropout | Adadelta update | ms per step, fit | ms per step, "
-        "transferkit's loop | loop / arithmetic floor |",
+        "| precision | Dropout and softmax | Adadelta update | ms per step, fit "
+        "| ms per step, transferkit's loop | loop / arithmetic floor |",
         "|---|---|---|---|---|---|",
     ]
     floors = {
@@ -190,6 +197,19 @@ def main(argv=None) -> str:
     lines += ["", "| precision | frozen layers, ms per 1,000 digits |", "|---|---|"]
     for policy in ("float32", "mixed_bfloat16"):
         lines.append(f"| {policy} | {time_prefix(args.samples, policy):.0f} |")
+    if args.xla:
+        samples = min(args.samples, 4096)
+        lines += [
+            "",
+            f"| precision | ms per step, fit with XLA ({samples} samples) "
+            "| ms per step, fit without |",
+            "|---|---|---|",
+        ]
+        for policy in ("float32", "mixed_bfloat16"):
+            keras_layers = {"lean": False, "fused": False, "policy": policy}
+            with_xla = time_step(samples, 1, xla=True, **keras_layers)
+            without = time_step(samples, 1, **keras_layers)
+            lines.append(f"| {policy} | {with_xla:.2f} | {without:.2f} |")
     text = (
         f"Head of the example, batch {BATCH}, {args.samples} samples per epoch, "
         f"32 steps per execution, best of {args.repeats} epochs\n\n" + "\n".join(lines)

@@ -152,7 +152,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--fast",
         action="store_true",
         help="every speed-up that keeps the accuracy: the lean training step "
-        "(Dropout on bit masks, fused optimizer updates), --precision auto and "
+        "(Dropout on bit masks, softmax from exp and sums, fused optimizer "
+        "updates), --precision auto and "
         f"--steps-per-execution {FAST_STEPS_PER_EXECUTION}, unless given",
     )
     parser.add_argument(

@@ -113,7 +113,8 @@ def test_fast_turns_on_every_speed_up_and_the_report_says_so(
     assert fine_tune["cached_layers"] == 5  # Up to the pooling, before Dropout.
     assert "stops before layer" in fine_tune["cache"]
     assert fine_tune["lean_step"] == (
-        "2 Dropout layers on bit masks; fused Adadelta updates"
+        "2 Dropout layers on bit masks; 1 softmax from exp and sums; "
+        "fused Adadelta updates"
     )
     assert fine_tune["frozen_unchanged"] is True
 

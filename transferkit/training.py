@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from transferkit.distribution import Distribution
 from transferkit.feature_cache import CachePlan, CacheTooLarge, FeatureCache, plan_cache
-from transferkit.lean_step import LeanDropout, lean_layers
+from transferkit.lean_step import LeanDropout, LeanSoftmax, lean_layers
 from transferkit.loop import DEFAULT_STEPS_PER_CALL, DatasetLoop, InMemoryLoop
 from transferkit.optimizers import has_fused_kernel
 from transferkit.training_data import PhaseData
@@ -138,7 +138,7 @@ def train_phase(
             0,
             _describe_cache(plan, None),
             0.0,
-            _lean(0, fused, optimizer),
+            _lean([], fused, optimizer),
             False,
         )
     given = train, validation
@@ -182,12 +182,11 @@ def train_phase(
     finally:
         if cache is not None:
             cache.close()
-    lean_count = sum(isinstance(layer, LeanDropout) for layer in trainer.layers)
     return Training(
         cached_layers=plan.layers if cache is not None else 0,
         cache=_describe_cache(plan, cache),
         cache_seconds=cache.seconds if cache is not None else 0.0,
-        lean_step=_lean(lean_count, fused, optimizer),
+        lean_step=_lean(trainer.layers, fused, optimizer),
         interrupted=recorder.interrupted,
         loop=why,
     )
@@ -492,9 +491,12 @@ def _describe_cache(plan, cache) -> str:
     return f"{where}; layers {plan.span}: {plan.reason}"
 
 
-def _lean(dropouts: int, fused: bool, optimizer) -> str:
+def _lean(layers, fused: bool, optimizer) -> str:
+    dropouts = sum(isinstance(layer, LeanDropout) for layer in layers)
+    softmaxes = sum(isinstance(layer, LeanSoftmax) for layer in layers)
     return "; ".join(
         [f"{dropouts} Dropout layers on bit masks"] * bool(dropouts)
+        + [f"{softmaxes} softmax from exp and sums"] * bool(softmaxes)
         + [f"fused {type(optimizer).__name__} updates"] * fused
     )
 

@@ -174,10 +174,12 @@ class TransferRun:
             `transferkit.distribution.WorkerLostError`. Defaults to `None`
             (one device).
         lean_step: train a `Sequential` model with `Dropout` masks drawn
-            from random bits instead of floats (the same keep probability)
-            and with TensorFlow's fused update kernels for Adadelta, SGD
-            and Adam (the same formulas). The model itself keeps Keras'
-            layers; see `transferkit.lean_step`. Defaults to `False`.
+            from random bits instead of floats (the same keep probability),
+            softmax `Activation` layers computed from `exp` and sums (the
+            loss, computed from the logits, is bitwise the same), and
+            TensorFlow's fused update kernels for Adadelta, SGD and Adam
+            (the same formulas). The model itself keeps Keras' layers; see
+            `transferkit.lean_step`. Defaults to `False`.
 
     Callbacks see this run's model as `self.model`, also while the feature
     cache or the lean step trains a model of its later layers: a

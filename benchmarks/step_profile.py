@@ -1,0 +1,128 @@
+"""Where a training step of the example's head spends its time, operation
+by operation.
+
+Trains the head that `head_step.py` times (on cached features, the lean
+step's layers, fused Adadelta, mixed bfloat16 unless told otherwise) in
+transferkit's own loop, one epoch under TensorFlow's profiler, and prints
+the operations that took the most time, in microseconds per step. The
+profile is read with `xprof` (`pip install xprof`), which is not one of
+transferkit's dependencies. Times are the operations' own ("self") time
+summed over TensorFlow's threads, so on 2 cores they add up to as much as
+twice the step's wall time; the idle row is the threads' time waiting.
+
+    python benchmarks/step_profile.py
+    python benchmarks/step_profile.py --precision float32 --keras-layers
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import head_step  # noqa: E402
+
+from transferkit.loop import InMemoryLoop  # noqa: E402
+from transferkit.optimizers import fuse_updates  # noqa: E402
+
+
+def profile_epoch(samples: int, policy: str, lean: bool, folder: str) -> float:
+    """Trains the head for one traced epoch, then one epoch under the
+    profiler, which writes to `folder`; returns its milliseconds per step."""
+    with head_step.global_policy(policy) as dtype:
+        rng = np.random.default_rng(0)
+        features = tf.cast(
+            rng.random((samples, *head_step.FEATURES), np.float32), dtype
+        )
+        labels = tf.one_hot(rng.integers(0, 5, samples), 5)
+        model = head_step.head(lean, dtype)
+        optimizer = keras.optimizers.Adadelta(1.0)
+        if lean:
+            fuse_updates(optimizer)
+        model.compile(
+            optimizer=optimizer,
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+            steps_per_execution=32,
+        )
+        loop = InMemoryLoop(
+            model, features, labels, batch_size=head_step.BATCH, steps_per_call=32
+        )
+        callbacks = keras.callbacks.CallbackList([], model=model)
+        loop.fit(epochs=1, initial_epoch=0, callbacks=callbacks)  # Traces.
+        tf.profiler.experimental.start(folder)
+        began = time.perf_counter()
+        loop.fit(epochs=1, initial_epoch=0, callbacks=callbacks)
+        seconds = time.perf_counter() - began
+        tf.profiler.experimental.stop()
+    return seconds / loop.steps * 1e3
+
+
+def operations(folder: str) -> list[dict]:
+    """Rows of xprof's operation statistics for the profile in `folder`."""
+    from xprof.convert import raw_to_tool_data
+
+    paths = glob.glob(f"{folder}/plugins/profile/*/*.xplane.pb")
+    data, _ = raw_to_tool_data.xspace_to_tool_data(paths, "framework_op_stats", {})
+    table = json.loads(data)[0]
+    ids = [column["id"] for column in table["cols"]]
+    return [
+        dict(zip(ids, (cell.get("v") for cell in row["c"]), strict=True))
+        for row in table["rows"]
+    ]
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--samples", type=int, default=29_184, help="per epoch")
+    parser.add_argument("--precision", default="mixed_bfloat16")
+    parser.add_argument(
+        "--keras-layers",
+        action="store_true",
+        help="Keras' Dropout, softmax and Adadelta updates instead of the lean ones",
+    )
+    parser.add_argument("--top", type=int, default=20, help="operations listed")
+    args = parser.parse_args(argv)
+    lean = not args.keras_layers
+    with tempfile.TemporaryDirectory() as folder:
+        wall = profile_epoch(args.samples, args.precision, lean, folder)
+        rows = operations(folder)
+    steps = -(-args.samples // head_step.BATCH)
+    rows.sort(key=lambda row: -row["total_self_time"])
+    busy = sum(row["total_self_time"] for row in rows if row["type"] != "IDLE")
+    lines = [
+        f"Head step, {args.precision}, {'lean' if lean else 'Keras'} layers, "
+        f"batch {head_step.BATCH}, {steps} steps: {wall:.2f} ms per step "
+        f"(wall), {busy / steps / 1e3:.2f} ms of the threads' time busy",
+        "",
+        "| operation | where | us per step |",
+        "|---|---|---|",
+    ]
+    for row in rows[: args.top]:
+        where = "/".join(
+            part
+            for part in row["operation"].split("/")
+            if part not in ("while", "body", "_1", "sequential") and part
+        )
+        lines.append(
+            f"| {row['type']} | {where} | {row['total_self_time'] / steps:.0f} |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
