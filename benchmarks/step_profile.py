@@ -1,16 +1,19 @@
-"""Where a training step of the example's head spends its time, operation
-by operation.
+"""Where a training step of the example spends its time, operation by
+operation.
 
-Trains the head that `head_step.py` times (on cached features, the lean
-step's layers, fused Adadelta, mixed bfloat16 unless told otherwise) in
-transferkit's own loop, one epoch under TensorFlow's profiler, and prints
-the operations that took the most time, in microseconds per step. The
+Trains the head that `head_step.py` times (on cached features, as the
+fine-tuning phase does), or with `--whole` the example's whole convnet on
+images (as the first phase does), with the lean step's layers, fused
+Adadelta and mixed bfloat16 unless told otherwise, in transferkit's own
+loop, one epoch under TensorFlow's profiler, and prints the operations that
+took the most time, in microseconds per step. The
 profile is read with `xprof` (`pip install xprof`), which is not one of
 transferkit's dependencies. Times are the operations' own ("self") time
 summed over TensorFlow's threads, so on 2 cores they add up to as much as
 twice the step's wall time; the idle row is the threads' time waiting.
 
     python benchmarks/step_profile.py
+    python benchmarks/step_profile.py --whole --samples 8192
     python benchmarks/step_profile.py --precision float32 --keras-layers
 """
 
@@ -30,21 +33,50 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import head_step  # noqa: E402
+from keras import layers  # noqa: E402
 
+from transferkit.lean_step import lean_layers  # noqa: E402
 from transferkit.loop import InMemoryLoop  # noqa: E402
 from transferkit.optimizers import fuse_updates  # noqa: E402
 
+IMAGE = (28, 28, 1)
 
-def profile_epoch(samples: int, policy: str, lean: bool, folder: str) -> float:
-    """Trains the head for one traced epoch, then one epoch under the
-    profiler, which writes to `folder`; returns its milliseconds per step."""
+
+def whole(lean: bool) -> keras.Sequential:
+    """The example's convnet; with `lean`, the layers a lean run trains."""
+    body = [
+        layers.Conv2D(32, 3),
+        layers.Activation("relu"),
+        layers.Conv2D(32, 3),
+        layers.Activation("relu"),
+        layers.MaxPooling2D(2),
+        layers.Dropout(0.25),
+        layers.Flatten(),
+        layers.Dense(128),
+        layers.Activation("relu"),
+        layers.Dropout(0.5),
+        layers.Dense(5),
+        layers.Activation("softmax", dtype="float32"),
+    ]
+    return keras.Sequential(
+        [keras.Input(IMAGE), *(lean_layers(body) if lean else body)]
+    )
+
+
+def profile_epoch(samples, policy, lean, folder, *, images) -> float:
+    """Trains the head (or, with `images`, the whole convnet) for one traced
+    epoch, then one epoch under the profiler, which writes to `folder`;
+    returns its milliseconds per step."""
     with head_step.global_policy(policy) as dtype:
         rng = np.random.default_rng(0)
-        features = tf.cast(
-            rng.random((samples, *head_step.FEATURES), np.float32), dtype
-        )
+        if images:
+            features = tf.constant(rng.random((samples, *IMAGE), np.float32))
+            model = whole(lean)
+        else:
+            shape = (samples, *head_step.FEATURES)
+            features = tf.cast(rng.random(shape, np.float32), dtype)
+            model = head_step.head(lean, dtype)
         labels = tf.one_hot(rng.integers(0, 5, samples), 5)
-        model = head_step.head(lean, dtype)
         optimizer = keras.optimizers.Adadelta(1.0)
         if lean:
             fuse_updates(optimizer)
@@ -93,17 +125,25 @@ def main(argv=None) -> str:
         action="store_true",
         help="Keras' Dropout, softmax and Adadelta updates instead of the lean ones",
     )
+    parser.add_argument(
+        "--whole",
+        action="store_true",
+        help="the whole convnet on images instead of the head on features",
+    )
     parser.add_argument("--top", type=int, default=20, help="operations listed")
     args = parser.parse_args(argv)
     lean = not args.keras_layers
     with tempfile.TemporaryDirectory() as folder:
-        wall = profile_epoch(args.samples, args.precision, lean, folder)
+        wall = profile_epoch(
+            args.samples, args.precision, lean, folder, images=args.whole
+        )
         rows = operations(folder)
     steps = -(-args.samples // head_step.BATCH)
     rows.sort(key=lambda row: -row["total_self_time"])
     busy = sum(row["total_self_time"] for row in rows if row["type"] != "IDLE")
     lines = [
-        f"Head step, {args.precision}, {'lean' if lean else 'Keras'} layers, "
+        f"{'Whole-model' if args.whole else 'Head'} step, {args.precision}, "
+        f"{'lean' if lean else 'Keras'} layers, "
         f"batch {head_step.BATCH}, {steps} steps: {wall:.2f} ms per step "
         f"(wall), {busy / steps / 1e3:.2f} ms of the threads' time busy",
         "",

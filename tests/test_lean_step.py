@@ -57,6 +57,15 @@ def test_lean_dropout_keeps_elements_independently(rate):
         assert abs(together - p) < 6 * np.sqrt(p * (1 - p) / kept.size), offset
 
 
+def test_lean_dropout_with_a_rate_just_below_one_keeps_its_threshold_in_range():
+    lean = LeanDropout(layers.Dropout(1 - 2**-40))
+
+    y = lean(tf.ones((100, 100)), training=True).numpy()
+
+    assert (lean.bits, lean.threshold) == (32, 2**32 - 1)
+    assert np.isfinite(y).all() and (y == 0).mean() > 0.999
+
+
 def test_lean_dropout_computes_in_the_replaced_layers_dtype():
     dropout = layers.Dropout(0.25, seed=4)
     dropout.dtype_policy = "mixed_bfloat16"

@@ -64,8 +64,9 @@ class LeanDropout(keras.layers.Layer):
         self.bits = next(
             (bits for bits in range(1, 33) if (self.rate * 2**bits).is_integer()), 32
         )
-        # An element is kept when its random `bits`-bit number is at least this.
-        self.threshold = round(self.rate * 2**self.bits)
+        # An element is kept when its random `bits`-bit number is at least
+        # this (which a rate just below 1 would round past the largest).
+        self.threshold = min(round(self.rate * 2**self.bits), 2**self.bits - 1)
 
     def call(self, inputs, training=False):
         if not training or self.rate == 0:
