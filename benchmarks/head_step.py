@@ -61,6 +61,33 @@ def head(lean: bool, dtype: str) -> keras.Sequential:
     )
 
 
+def compile_head(model, *, fused: bool, xla: bool = False) -> None:
+    """Compiles `model` as the example's fine-tuning phase does: Adadelta(1.0)
+    (with the fused update when `fused`), crossentropy, accuracy, 32 steps
+    per execution (and XLA when `xla`)."""
+    optimizer = keras.optimizers.Adadelta(1.0)
+    if fused:
+        fuse_updates(optimizer)
+    model.compile(
+        optimizer=optimizer,
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+        steps_per_execution=32,
+        jit_compile=xla,
+    )
+
+
+def loop_epoch(model, features, labels):
+    """A function that trains `model` one epoch in transferkit's own loop."""
+    runner = InMemoryLoop(model, features, labels, batch_size=BATCH, steps_per_call=32)
+    callbacks = keras.callbacks.CallbackList([], model=model)
+
+    def epoch():
+        runner.fit(epochs=1, initial_epoch=0, callbacks=callbacks)
+
+    return epoch
+
+
 def time_step(samples, repeats, *, lean, fused, policy, loop=False, xla=False):
     """Milliseconds per training step, in Keras' `fit` (compiled by XLA
     with `xla`) or (`loop`) in transferkit's own loop: the best of `repeats`
@@ -75,24 +102,9 @@ def time_step(samples, repeats, *, lean, fused, policy, loop=False, xla=False):
             .prefetch(tf.data.AUTOTUNE)
         )
         model = head(lean, dtype)
-        optimizer = keras.optimizers.Adadelta(1.0)
-        if fused:
-            fuse_updates(optimizer)
-        model.compile(
-            optimizer=optimizer,
-            loss="categorical_crossentropy",
-            metrics=["accuracy"],
-            steps_per_execution=32,
-            jit_compile=xla,
-        )
+        compile_head(model, fused=fused, xla=xla)
         if loop:
-            runner = InMemoryLoop(
-                model, features, labels, batch_size=BATCH, steps_per_call=32
-            )
-            callbacks = keras.callbacks.CallbackList([], model=model)
-
-            def epoch():
-                runner.fit(epochs=1, initial_epoch=0, callbacks=callbacks)
+            epoch = loop_epoch(model, features, labels)
         else:
 
             def epoch():

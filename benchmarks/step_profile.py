@@ -31,36 +31,25 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "examples")]
 import head_step  # noqa: E402
-from keras import layers  # noqa: E402
+import mnist_digits  # noqa: E402
 
 from transferkit.lean_step import lean_layers  # noqa: E402
-from transferkit.loop import InMemoryLoop  # noqa: E402
-from transferkit.optimizers import fuse_updates  # noqa: E402
+from transferkit.precision import apply_precision  # noqa: E402
 
 IMAGE = (28, 28, 1)
 
 
-def whole(lean: bool) -> keras.Sequential:
-    """The example's convnet; with `lean`, the layers a lean run trains."""
-    body = [
-        layers.Conv2D(32, 3),
-        layers.Activation("relu"),
-        layers.Conv2D(32, 3),
-        layers.Activation("relu"),
-        layers.MaxPooling2D(2),
-        layers.Dropout(0.25),
-        layers.Flatten(),
-        layers.Dense(128),
-        layers.Activation("relu"),
-        layers.Dropout(0.5),
-        layers.Dense(5),
-        layers.Activation("softmax", dtype="float32"),
-    ]
-    return keras.Sequential(
-        [keras.Input(IMAGE), *(lean_layers(body) if lean else body)]
-    )
+def whole(lean: bool, policy: str) -> keras.Sequential:
+    """The example's convnet in `policy` as a run sets it; with `lean`, the
+    layers a lean run trains."""
+    model = mnist_digits.build_model()
+    apply_precision(model, policy)
+    if not lean:
+        return model
+    return keras.Sequential([keras.Input(IMAGE), *lean_layers(model.layers)])
 
 
 def profile_epoch(samples, policy, lean, folder, *, images) -> float:
@@ -71,32 +60,21 @@ def profile_epoch(samples, policy, lean, folder, *, images) -> float:
         rng = np.random.default_rng(0)
         if images:
             features = tf.constant(rng.random((samples, *IMAGE), np.float32))
-            model = whole(lean)
+            model = whole(lean, policy)
         else:
             shape = (samples, *head_step.FEATURES)
             features = tf.cast(rng.random(shape, np.float32), dtype)
             model = head_step.head(lean, dtype)
         labels = tf.one_hot(rng.integers(0, 5, samples), 5)
-        optimizer = keras.optimizers.Adadelta(1.0)
-        if lean:
-            fuse_updates(optimizer)
-        model.compile(
-            optimizer=optimizer,
-            loss="categorical_crossentropy",
-            metrics=["accuracy"],
-            steps_per_execution=32,
-        )
-        loop = InMemoryLoop(
-            model, features, labels, batch_size=head_step.BATCH, steps_per_call=32
-        )
-        callbacks = keras.callbacks.CallbackList([], model=model)
-        loop.fit(epochs=1, initial_epoch=0, callbacks=callbacks)  # Traces.
+        head_step.compile_head(model, fused=lean)
+        epoch = head_step.loop_epoch(model, features, labels)
+        epoch()  # Traces.
         tf.profiler.experimental.start(folder)
         began = time.perf_counter()
-        loop.fit(epochs=1, initial_epoch=0, callbacks=callbacks)
+        epoch()
         seconds = time.perf_counter() - began
         tf.profiler.experimental.stop()
-    return seconds / loop.steps * 1e3
+    return seconds / -(-samples // head_step.BATCH) * 1e3
 
 
 def operations(folder: str) -> list[dict]:

@@ -75,17 +75,20 @@ def test_the_head_step_benchmark_prints_every_combination(capsys):
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
-def test_the_step_profile_lists_the_steps_operations(capsys):
+@pytest.mark.parametrize("whole", [False, True])
+def test_the_step_profile_lists_the_steps_operations(whole, capsys):
     pytest.importorskip("xprof", reason="the profile is read with xprof")
     profile = load_script(Path(__file__).parents[1] / "benchmarks" / "step_profile.py")
 
-    text = profile.main(["--samples", "512", "--top", "40"])
+    text = profile.main(["--samples", "512", "--top", "40"] + ["--whole"] * whole)
 
     assert text in capsys.readouterr().out
     rows = [line.strip("| ").split(" | ") for line in text.splitlines()[4:]]
     kinds = {row[0] for row in rows}
-    # The head's forward matmul, the fused update and the lean Dropout's bits.
+    # The head's forward matmul (and the convolutions' gradients), the fused
+    # update and the lean Dropout's bits.
     assert any("MatMul" in kind for kind in kinds)
+    assert any("Conv2DBackpropFilter" in kind for kind in kinds) is whole
     assert {"ResourceApplyAdadelta", "StatelessRandomUniformFullIntV2"} <= kinds
     assert all(float(row[2]) >= 0 for row in rows)
     assert keras.mixed_precision.global_policy().name == "float32"
