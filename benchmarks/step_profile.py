@@ -6,9 +6,9 @@ fine-tuning phase does), or with `--whole` the example's whole convnet on
 images (as the first phase does), with the lean step's layers, fused
 Adadelta and mixed bfloat16 unless told otherwise, in transferkit's own
 loop, one epoch under TensorFlow's profiler, and prints the operations that
-took the most time, in microseconds per step. The
-profile is read with `xprof` (`pip install xprof`), which is not one of
-transferkit's dependencies. Times are the operations' own ("self") time
+took the most time, in microseconds per step. The profile is read with
+`xprof` (`pip install xprof`), which is not one of transferkit's
+dependencies. Times are the operations' own ("self") time
 summed over TensorFlow's threads, so on 2 cores they add up to as much as
 twice the step's wall time; the idle row is the threads' time waiting.
 
@@ -55,7 +55,7 @@ def whole(lean: bool, policy: str) -> keras.Sequential:
 def profile_epoch(samples, policy, lean, folder, *, images) -> float:
     """Trains the head (or, with `images`, the whole convnet) for one traced
     epoch, then one epoch under the profiler, which writes to `folder`;
-    returns its milliseconds per step."""
+    returns that epoch's seconds."""
     with head_step.global_policy(policy) as dtype:
         rng = np.random.default_rng(0)
         if images:
@@ -74,7 +74,7 @@ def profile_epoch(samples, policy, lean, folder, *, images) -> float:
         epoch()
         seconds = time.perf_counter() - began
         tf.profiler.experimental.stop()
-    return seconds / -(-samples // head_step.BATCH) * 1e3
+    return seconds
 
 
 def operations(folder: str) -> list[dict]:
@@ -112,11 +112,12 @@ def main(argv=None) -> str:
     args = parser.parse_args(argv)
     lean = not args.keras_layers
     with tempfile.TemporaryDirectory() as folder:
-        wall = profile_epoch(
+        seconds = profile_epoch(
             args.samples, args.precision, lean, folder, images=args.whole
         )
         rows = operations(folder)
     steps = -(-args.samples // head_step.BATCH)
+    wall = seconds / steps * 1e3
     rows.sort(key=lambda row: -row["total_self_time"])
     busy = sum(row["total_self_time"] for row in rows if row["type"] != "IDLE")
     lines = [
@@ -132,7 +133,7 @@ def main(argv=None) -> str:
         where = "/".join(
             part
             for part in row["operation"].split("/")
-            if part not in ("while", "body", "_1", "sequential") and part
+            if part not in ("while", "body", "_1") and part
         )
         lines.append(
             f"| {row['type']} | {where} | {row['total_self_time'] / steps:.0f} |"

@@ -178,7 +178,7 @@ class Distribution:
         one machine."""
         if not self.multi_worker:
             return rows
-        return max(_every_replicas(self.strategy, rows))
+        return max(_from_every_replica(self.strategy, rows))
 
     def agree(self, number: int) -> bool:
         """Whether every worker passed the same `number` (e.g. a fingerprint
@@ -187,7 +187,7 @@ class Distribution:
         if not self.multi_worker:
             return True
         with self.lost_workers("comparing the run's state with the other workers"):
-            return set(_every_replicas(self.strategy, number)) == {number}
+            return set(_from_every_replica(self.strategy, number)) == {number}
 
     @contextlib.contextmanager
     def lost_workers(self, doing: str, resume: str = "") -> Iterator[None]:
@@ -270,7 +270,7 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'s' * (number != 1)}"
 
 
-def _every_replicas(strategy, number: int) -> list[int]:
+def _from_every_replica(strategy, number: int) -> list[int]:
     """`number` as every replica of the cluster passed it (e.g. each
     worker's rows), in replica order."""
     result = _gather(strategy)(tf.constant(number, tf.int64))
