@@ -254,16 +254,20 @@ def test_a_crash_between_checkpoint_and_state_leaves_the_previous_pair(
 
     assert state_of(tmp_path) == recorded
     assert checkpoints(tmp_path) == [recorded["checkpoint"]]
-    # A kill leaves an unrecorded checkpoint behind: the next run removes it.
-    (tmp_path / "checkpoint-000099.keras").write_bytes(b"complete, unrecorded")
-    (tmp_path / ".checkpoint-000100.partial.keras").write_bytes(b"half")
-    (tmp_path / ".run.json.x1y2.tmp").write_bytes(b"half")
-    (tmp_path / "cache-train.bin").write_bytes(b"features of the killed phase")
-    again = make_run(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        recorded["checkpoint"],
-        "run.json",
+    # A kill leaves the run's own temporary files behind: the next run
+    # removes those, and nothing else.
+    ours = [
+        ".checkpoint-000100.partial.keras",
+        ".run.json.transferkit-x1y2z3w4.tmp",
+        ".transferkit-cache-train.bin",
     ]
+    theirs = ["checkpoint-000099.keras", ".run.json.x1y2.tmp", "cache-train.bin"]
+    for name in ours + theirs:
+        (tmp_path / name).write_bytes(b"left over")
+    again = make_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [recorded["checkpoint"], "run.json", "run.lock", *theirs]
+    )
     again.train(data, epochs=1)
     assert again.fine_tune(data, freeze="features", epochs=2).frozen_unchanged
 
@@ -294,6 +298,7 @@ def test_a_full_disk_names_the_folder_and_keeps_the_last_checkpoint(
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         recorded["checkpoint"],
         "run.json",
+        "run.lock",
     ]
 
 
@@ -301,7 +306,7 @@ def test_an_unwritable_folder_is_refused_up_front(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(OSError, match="Cannot write to the output folder"):
-        RunDirectory(blocker / "run")
+        RunDirectory(blocker / "run").open()
 
 
 def train_seeded(seed, directory=None):

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+TEMPORARY_TAG = "transferkit-"
+"""What transferkit's temporary files carry in their names,
+`.<file>.transferkit-XXXXXXXX.tmp`, so that a folder's clean-up removes its
+own leftovers and nothing else."""
+
+TEMPORARY = re.compile(r"\.(.+)\." + TEMPORARY_TAG + r"[A-Za-z0-9_]{8}\.tmp")
+"""The exact names of the temporary files `new_temporary` makes."""
+
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
 def _file_mode() -> int:
@@ -21,7 +34,7 @@ def new_temporary(path: Path) -> tuple[int, str]:
     """A temporary file beside `path` (same folder, so a rename is atomic),
     with the permissions of an ordinary new file."""
     handle, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        dir=path.parent, prefix=f".{path.name}.{TEMPORARY_TAG}", suffix=".tmp"
     )
     os.chmod(temporary, _file_mode())
     return handle, temporary
@@ -68,7 +81,52 @@ def atomic_output(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
+def os_error(error: OSError, message: str) -> OSError:
+    """An error of `error`'s class (`PermissionError`, ...) and number, with
+    `message` as its text."""
+    replacement = type(error)(message)
+    replacement.errno = error.errno  # With strerror set, str() would drop the text.
+    return replacement
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Replaces `path` with `text` (UTF-8) through `atomic_output`."""
     with atomic_output(path) as stream:
         stream.write(text.encode("utf-8"))
+
+
+def remove_temporaries(folder: Path) -> list[str]:
+    """Deletes the leftovers of interrupted `atomic_output`s in `folder`;
+    returns their names."""
+    removed = []
+    for path in folder.glob(f".*.{TEMPORARY_TAG}*.tmp"):
+        if TEMPORARY.fullmatch(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every non-finite float as the string `"nan"`, `"inf"`
+    or `"-inf"`, so that `json.dumps(..., allow_nan=False)` takes it and
+    strict parsers read it; `json_number` reads such a string back."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(item) for item in value]
+    return value
+
+
+def json_number(value: Any) -> Any:
+    """The float that `strict_json` wrote as `"nan"`, `"inf"` or `"-inf"`;
+    any other value as it is."""
+    if isinstance(value, str) and value in _NON_FINITE:
+        return _NON_FINITE[value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    """`value` as strict JSON text (non-finite numbers as strings)."""
+    return json.dumps(strict_json(value), indent=1, allow_nan=False) + "\n"

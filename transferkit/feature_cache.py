@@ -29,6 +29,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from transferkit._io import os_error
+from transferkit.run_lock import LOCK_FILE, try_lock
+
 __all__ = ["CachePlan", "CacheTooLarge", "FeatureCache", "plan_cache"]
 
 _FORWARD_BYTES = 2**23
@@ -285,11 +288,12 @@ class FeatureCache:
                 f"its {_size(self.nbytes)} would exceed feature_cache_memory "
                 f"({_size(memory_limit)})"
             )
-        self._temporary: str | None = None
+        self._temporary: TemporaryCacheFolder | None = None
         self.folder: Path | None = None
         if self.on_disk:
             if folder is None:
-                folder = self._temporary = tempfile.mkdtemp(prefix="transferkit-cache-")
+                self._temporary = TemporaryCacheFolder()
+                folder = self._temporary.path
             self.folder = Path(folder)
         self.features: dict[str, tf.Tensor | FeatureFile] = {}
         self.labels: dict[str, np.ndarray] = {}
@@ -299,7 +303,7 @@ class FeatureCache:
                 blocks = self._blocks(forward, name, x)
                 if self.folder is not None:
                     stored = FeatureFile(
-                        self.folder / f"cache-{name}.bin",
+                        self.folder / f".transferkit-cache-{name}.bin",
                         self.sample_shape,
                         probe.dtype.as_numpy_dtype,
                     )
@@ -378,7 +382,7 @@ class FeatureCache:
                 features.close()
         self.features.clear()
         if self._temporary is not None:
-            shutil.rmtree(self._temporary, ignore_errors=True)
+            self._temporary.remove()
             self._temporary = None
 
 
@@ -453,9 +457,24 @@ class FeatureFile:
         return self.rows
 
     def append(self, values: np.ndarray) -> None:
-        """Writes `values` after the rows written so far."""
-        self._stream.seek(self.rows * self.row_bytes)
-        self._stream.write(np.ascontiguousarray(values, self.dtype).tobytes())
+        """Writes `values` after the rows written so far.
+
+        Raises:
+            OSError: naming the file, if it cannot be written (a full disk).
+        """
+        try:
+            self._stream.seek(self.rows * self.row_bytes)
+            self._stream.write(np.ascontiguousarray(values, self.dtype).tobytes())
+            self._stream.flush()
+        except OSError as error:
+            raise os_error(
+                error,
+                f"Could not write the feature cache {str(self.path)!r} "
+                f"({error.strerror or error}) after {self.rows:,} rows; the run's "
+                "checkpoints are untouched and the cache file is deleted. Free "
+                "some space, raise `feature_cache_memory` to keep the cache in "
+                "memory, or pass feature_cache=False.",
+            ) from error
         self.rows += len(values)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
@@ -468,8 +487,42 @@ class FeatureFile:
         return out
 
     def close(self) -> None:
-        self._stream.close()
+        try:
+            self._stream.close()
+        except OSError:
+            pass  # A full disk fails the flush; the file goes anyway.
         self.path.unlink(missing_ok=True)
+
+
+class TemporaryCacheFolder:
+    """A folder for a cache outside any run folder, `transferkit-cache-*` in
+    the system's temporary folder, locked for as long as it is used. Making
+    one deletes the folders of processes that are gone (killed before they
+    could delete theirs): their lock is free."""
+
+    PREFIX = "transferkit-cache-"
+
+    def __init__(self):
+        _remove_abandoned(Path(tempfile.gettempdir()), self.PREFIX)
+        self.path = Path(tempfile.mkdtemp(prefix=self.PREFIX))
+        self._lock = try_lock(self.path / LOCK_FILE)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+
+def _remove_abandoned(parent: Path, prefix: str) -> None:
+    for folder in parent.glob(f"{prefix}*"):
+        lock = folder / LOCK_FILE
+        if not lock.is_file():
+            continue  # Not one of ours, or still being made.
+        descriptor = try_lock(lock)
+        if descriptor is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.close(descriptor)
 
 
 class FeatureBatches(keras.utils.PyDataset):

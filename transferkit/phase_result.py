@@ -10,6 +10,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from transferkit._io import json_number, strict_json
+
 __all__ = ["PhaseResult"]
 
 # PhaseResult fields held as tuples, stored as JSON lists.
@@ -24,7 +26,9 @@ class PhaseResult:
     """The phase's name, unique within its run (`"train"`, `"fine_tune"`)."""
 
     epochs: int
-    """Epochs the phase trained for."""
+    """Epochs the phase trained: its planned epochs, or fewer when a callback
+    (`EarlyStopping`) stopped it; `planned_epochs` says how many were
+    planned."""
 
     train_samples: int | None
     """Training samples per epoch; `None` for a `tf.data.Dataset`."""
@@ -98,19 +102,40 @@ class PhaseResult:
     groups split from a backbone (e.g. `"52 layers in inference mode"`);
     empty when it had none."""
 
+    planned_epochs: int | None = None
+    """Epochs the plan gave the phase; `None` in results saved before it was
+    recorded (they trained `epochs`)."""
+
+    stopped_early: str = ""
+    """Why the phase ended before its planned epochs (e.g. `"a callback set
+    stop_training after epoch 2 of 15"`); empty when it ran them all."""
+
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> PhaseResult:
-        """The inverse of `to_dict`."""
+        """The inverse of `to_dict`.
+
+        Raises:
+            TypeError: for a field that `PhaseResult` does not have.
+        """
         record = dict(record)
         for key in _TUPLE_FIELDS:
-            if record[key] is not None:
+            if record.get(key) is not None:
                 record[key] = tuple(record[key])
+        for key in ("history", "metrics"):
+            if isinstance(record.get(key), Mapping):
+                record[key] = {
+                    name: [json_number(v) for v in values]
+                    if isinstance(values, list)
+                    else json_number(values)
+                    for name, values in record[key].items()
+                }
         return cls(**record)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary of the record."""
+        """A dictionary of the record, ready for strict JSON: lists for
+        tuples, and non-finite numbers as `"nan"`, `"inf"` or `"-inf"`."""
         record = dataclasses.asdict(self)
         for key in _TUPLE_FIELDS:
             if record[key] is not None:
                 record[key] = list(record[key])
-        return record
+        return strict_json(record)

@@ -1,25 +1,18 @@
 """The state of a run: its plan, each phase's progress and results.
 
-`RunState` is what `run.json` holds, kept in memory for a run without a
-folder. It opens a folder's saved state (checking that it belongs to the
-same model and that no key is missing), hands out the saved record of a
-phase, checked against the current plan, and saves the model with the
-state after an epoch and at the end of a phase, through `RunDirectory`'s
-atomic writes.
-
-A phase's record is a dictionary, as JSON keeps it:
-
-- `spec`: the phase's entry of the plan (`transferkit.plan.phase_spec`);
-- `frozen_groups`, `frozen_digest`: the groups frozen for the phase and the
-  digests of their variables at its start;
-- `epochs_done`, `seconds`, `history`: progress so far;
-- `result`: the `PhaseResult` as a dictionary once the phase has finished,
-  else `None`.
+`RunState` is what `run.json` holds (a `RunRecord`), kept in memory for a
+run without a folder. `open` takes the folder's lock, reads its saved state
+(every field checked, and the model's architecture compared) and loads its
+checkpoint; `clean_up` then deletes what the run left behind, and `close`
+drops the lock. It hands out the saved record of a phase, checked against
+the current plan, and saves the model with the state after an epoch and at
+the end of a phase, through `RunDirectory`'s atomic writes. A phase that
+fails goes back to what was last saved (`rollback`), so that a retry in the
+same process resumes from the epoch it loads.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -33,25 +26,9 @@ from transferkit.layer_group import LayerGroup
 from transferkit.phase_result import PhaseResult
 from transferkit.plan import differences, model_fingerprint
 from transferkit.run_directory import CheckpointError, RunDirectory, seed_states
+from transferkit.run_record import PhaseRecord, RunRecord
 
-__all__ = ["RunState"]
-
-_STATE_KEYS = ("model", "checkpoint", "phases")
-_PHASE_KEYS = (
-    "spec",
-    "frozen_groups",
-    "frozen_digest",
-    "epochs_done",
-    "seconds",
-    "history",
-    "result",
-)
-_SPEC_KEYS = ("kind", "name", "epochs")
-_RESULT_KEYS = tuple(
-    field.name
-    for field in dataclasses.fields(PhaseResult)
-    if field.default is dataclasses.MISSING
-)
+__all__ = ["RunState", "saved_phases"]
 
 
 class RunState:
@@ -65,11 +42,6 @@ class RunState:
         writer: whether this process writes the folder; the other workers of
             a multi-worker run read the chief's state and weights from it,
             and keep their progress in memory. Defaults to `True`.
-
-    Raises:
-        CheckpointError: naming the file, if the folder holds a run of
-            another model, a state with a key missing, or a checkpoint that
-            cannot be loaded.
     """
 
     def __init__(
@@ -85,7 +57,42 @@ class RunState:
             None if directory is None else RunDirectory(directory, writer=writer)
         )
         self._every = checkpoint_every
-        self._state = self._open()
+        self._record = RunRecord(model_fingerprint(model))
+        self._saved = self._record.copy()
+        self._restore_weights = False
+
+    def open(self) -> None:
+        """Locks the folder, reads and checks its state, and loads its
+        checkpoint into the model; nothing without a folder. On an error the
+        lock is dropped and nothing on disk has changed.
+
+        Raises:
+            FolderLockedError: if another process writes the folder.
+            CheckpointError: naming the file, if the folder holds a run of
+                another model, a state with a field missing or out of range,
+                or a checkpoint that cannot be loaded.
+        """
+        if self._directory is None:
+            return
+        self._directory.open()
+        try:
+            self._record = self._read()
+        except BaseException:
+            self._directory.close()
+            raise
+        self._saved = self._record.copy()
+
+    def clean_up(self) -> list[str]:
+        """Deletes what the run left in its folder (see
+        `RunDirectory.clean_up`), after `open`; returns the names deleted."""
+        if self._directory is None:
+            return []
+        return self._directory.clean_up(self._record.to_json())
+
+    def close(self) -> None:
+        """Drops the folder's lock."""
+        if self._directory is not None:
+            self._directory.close()
 
     @property
     def path(self) -> str | None:
@@ -101,20 +108,23 @@ class RunState:
     def fingerprint(self) -> int:
         """A number that two processes share when they read the same saved
         state: the checkpoint and each phase's name and progress."""
-        progress = [self._state["checkpoint"]] + [
-            [p["spec"]["name"], p["epochs_done"], p["result"] is not None]
-            for p in self.phases
+        progress = [self._record.checkpoint] + [
+            [p.name, p.epochs_done, p.result is not None] for p in self.phases
         ]
         text = json.dumps(progress).encode()
         return int.from_bytes(hashlib.sha256(text).digest()[:7], "little")
 
     @property
-    def phases(self) -> list[dict[str, Any]]:
+    def phases(self) -> list[PhaseRecord]:
         """The records of the phases started so far, in order."""
-        return self._state["phases"]
+        return self._record.phases
 
     def recorded_phase(self, index: int, spec: Mapping[str, Any]):
         """The saved record of phase `index`, or `None` if it has none yet.
+
+        A phase that stopped on a non-finite loss may resume with other
+        settings of the same optimizer class (a lower learning rate, say);
+        the record then takes the new settings.
 
         Raises:
             CheckpointError: if the saved phase has another plan than `spec`.
@@ -124,23 +134,25 @@ class RunState:
             del phases[index:]  # Without a folder, a failed phase starts anew.
         if index >= len(phases):
             return None
-        recorded = phases[index]["spec"]
-        found = differences(recorded, spec)
+        record = phases[index]
+        found = differences(record.spec, spec)
+        if found and record.stopped and _only_optimizer_settings(record.spec, spec):
+            record.spec, record.stopped, found = dict(spec), "", []
         if found:
             raise CheckpointError(
                 f"{self._file()} holds a different plan: its phase "
-                f"{index + 1} ('{recorded['name']}') differs in "
+                f"{index + 1} ('{record.name}') differs in "
                 f"{'; '.join(found)}. Nothing was overwritten; run the same "
                 "plan to resume, or use another folder."
             )
-        return phases[index]
+        return record
 
     def start_phase(
         self,
-        record: dict[str, Any] | None,
+        record: PhaseRecord | None,
         spec: Mapping[str, Any],
         frozen: Sequence[LayerGroup],
-    ) -> dict[str, Any]:
+    ) -> PhaseRecord:
         """The record of a phase about to train: `record` when it resumes one
         (checked to freeze the same groups), else a new one with the digests
         of the `frozen` groups' variables, saved at once as the phase's
@@ -151,34 +163,35 @@ class RunState:
         """
         frozen_groups = [group.name for group in frozen]
         if record is None:
-            record = {
-                "spec": dict(spec),
-                "frozen_groups": frozen_groups,
-                "frozen_digest": digest(frozen),
-                "epochs_done": 0,
-                "seconds": 0.0,
-                "history": {},
-                "result": None,
-            }
+            record = PhaseRecord(dict(spec), frozen_groups, digest(frozen))
             self.phases.append(record)
             self.save()
-        elif record["frozen_groups"] != frozen_groups:
+        elif record.frozen_groups != frozen_groups:
             raise CheckpointError(
                 f"Phase '{spec['name']}' in {self._file()} was interrupted with "
-                f"the groups {record['frozen_groups']} frozen, but now "
+                f"the groups {record.frozen_groups} frozen, but now "
                 f"{frozen_groups} are. Freeze the same groups to resume it."
             )
         return record
 
-    def restore(self) -> None:
-        """Loads the last checkpoint into the model: weights, optimizer state
-        (the model must be compiled with a built optimizer) and seed state."""
-        if self._directory is not None:
-            self._directory.restore(self._model, self._state)
+    def restore(self, record: PhaseRecord) -> None:
+        """Loads the last checkpoint into the model for `record`'s phase:
+        weights, optimizer state (the model must be compiled with a built
+        optimizer) and seed state once the phase has saved an epoch; the
+        weights alone when an attempt of this process left them changed."""
+        if self._directory is None:
+            return
+        if record.epochs_done:
+            self._directory.restore(self._model, self._record.to_json())
+        elif self._restore_weights:
+            self._directory.restore(
+                self._model, self._record.to_json(), optimizer=False
+            )
+        self._restore_weights = False
 
     def end_epoch(
         self,
-        record: dict[str, Any],
+        record: PhaseRecord,
         epoch: int,
         logs: Mapping[str, Any],
         seconds: float,
@@ -189,28 +202,45 @@ class RunState:
         state when `save`, or at every `checkpoint_every` epochs of the phase
         but its last, which `finish_phase` saves with the phase's result."""
         for key, value in logs.items():
-            record["history"].setdefault(key, []).append(float(value))
-        record["epochs_done"] = epoch + 1
-        record["seconds"] = seconds
-        last = epoch + 1 == record["spec"]["epochs"]
+            record.history.setdefault(key, []).append(float(value))
+        record.epochs_done = epoch + 1
+        record.seconds = seconds
+        last = epoch + 1 == record.epochs
         if save or ((epoch + 1) % self._every == 0 and not last):
             self.save()
 
-    def finish_phase(self, record: dict[str, Any], result: PhaseResult) -> None:
+    def finish_phase(self, record: PhaseRecord, result: PhaseResult) -> None:
         """Records `result` and saves the model with it: the end of every
         phase is saved, whatever `checkpoint_every` says."""
-        record["result"] = result.to_dict()
-        record["seconds"] = result.seconds
+        record.result = result
+        record.seconds = result.seconds
         self.save()
+
+    def rollback(self, stopped: str = "") -> None:
+        """Goes back to the state last saved, after a phase failed: a retry
+        resumes from the epoch it loads, and the model's weights are loaded
+        again. `stopped` records why, in the folder too (a non-finite loss),
+        so that the phase may resume with other optimizer settings."""
+        self._record = self._saved.copy()
+        self._restore_weights = True
+        phases = self._record.phases
+        if stopped and phases and phases[-1].result is None:
+            phases[-1].stopped = stopped
+            if self.writes:
+                self._directory.write_state(self._record.to_json())
 
     def save(self) -> None:
         """Checkpoints the model and then the state, atomically; nothing
         without a folder."""
         if self._directory is not None:
-            self._state["seed_states"] = seed_states(self._model)
-            self._directory.save(self._model, self._state)
+            self._record.seed_states = seed_states(self._model)
+            state = self._record.to_json()
+            self._directory.save(self._model, state)
+            self._record.checkpoint = state["checkpoint"]
+            self._record.previous_checkpoint = state["previous_checkpoint"]
+        self._saved = self._record.copy()
 
-    def interrupted_message(self, record: Mapping[str, Any]) -> str:
+    def interrupted_message(self, record: PhaseRecord, when: str = "") -> str:
         """What to tell a user who stopped `record`'s phase with Ctrl-C."""
         where = (
             f"Saved in {self.path!r}; run the same plan with the same "
@@ -219,8 +249,27 @@ class RunState:
             else "Nothing was saved: pass `directory=` to keep progress."
         )
         return (
-            f"Interrupted phase '{record['spec']['name']}' after epoch "
-            f"{record['epochs_done']} of {record['spec']['epochs']}. {where}"
+            f"Interrupted phase '{record.name}' {when or 'after epoch'} "
+            f"{record.epochs_done} of {record.epochs}. {where}"
+        )
+
+    def kept_message(self, record: PhaseRecord) -> str:
+        """What a phase stopped by a non-finite loss left, and how to go on."""
+        if self._directory is None:
+            return (
+                "Nothing was saved (no `directory=`): lower the learning rate "
+                "(or clip the gradients) and run the phase again."
+            )
+        kept = (
+            f"epoch {record.epochs_done} of phase '{record.name}'"
+            if record.epochs_done
+            else f"the weights from the start of phase '{record.name}'"
+        )
+        return (
+            f"{self.path!r} keeps {kept}, its last finite checkpoint. Lower the "
+            "learning rate (or clip the gradients) and run the plan again to "
+            "resume from there: this phase may resume with other settings of "
+            "the same optimizer."
         )
 
     def resume_message(self) -> str:
@@ -232,64 +281,62 @@ class RunState:
             f"the last saved epoch in {self.path!r}."
         )
 
-    def _open(self) -> dict[str, Any]:
-        """The saved state, checked and with its weights loaded, or a new one."""
-        fingerprint = model_fingerprint(self._model)
-        fresh: dict[str, Any] = {"model": fingerprint, "checkpoint": None, "phases": []}
-        if self._directory is None:
-            return fresh
+    def _read(self) -> RunRecord:
+        """The folder's record, checked and with its weights loaded, or a new
+        one."""
+        fresh = self._record
         state = self._directory.load_state()
-        self._directory.remove_orphans(state)
         if state is None:
             return fresh
-        self._check_keys(state)
-        if state["model"] != fingerprint:
+        record = RunRecord.from_json(state, self._file())
+        if record.model != fresh.model:
             raise CheckpointError(
                 f"{self._file()} holds a run of a different model (other "
                 "layers, groups or shapes). Nothing was overwritten; use another "
                 "folder for this model."
             )
-        if state["checkpoint"]:
+        self._directory.check_checkpoint(record.checkpoint)
+        if record.checkpoint:
             if not self._model.built:
                 raise CheckpointError(
                     f"Cannot resume {self._file()} into a model that is not "
                     "built; give the first group an `input_shape`."
                 )
-            self._directory.restore(self._model, state)
-        return state
-
-    def _check_keys(self, state: Mapping[str, Any]) -> None:
-        """Raises, naming the file and the key, if a key is missing."""
-        self._require(state, _STATE_KEYS, "the top level")
-        if not isinstance(state["phases"], list):
-            raise CheckpointError(
-                f"{self._file()} is damaged: 'phases' is not a list. Nothing "
-                "was overwritten; restore the file, or move the folder aside "
-                "to start a new run."
-            )
-        for index, phase in enumerate(state["phases"]):
-            where = f"phases[{index}]"
-            self._require(phase, _PHASE_KEYS, where)
-            self._require(phase["spec"], _SPEC_KEYS, f"{where}.spec")
-            if phase["result"] is not None:
-                self._require(phase["result"], _RESULT_KEYS, f"{where}.result")
-
-    def _require(self, record: Any, keys: Sequence[str], where: str) -> None:
-        if not isinstance(record, Mapping):
-            raise CheckpointError(
-                f"{self._file()} is damaged: {where} is not a mapping "
-                f"(received {type(record).__name__}). Nothing was "
-                "overwritten; restore the file, or move the folder aside to "
-                "start a new run."
-            )
-        for key in keys:
-            if key not in record:
-                raise CheckpointError(
-                    f"{self._file()} lacks the key {key!r} in {where}: it was "
-                    "edited by hand or written by another program. Nothing "
-                    "was overwritten; restore the file, or move the folder "
-                    "aside to start a new run."
-                )
+            self._directory.restore(self._model, record.to_json())
+        return record
 
     def _file(self) -> str:
         return repr(str(self._directory.state_path)) if self._directory else "the run"
+
+
+def saved_phases(directory: str | os.PathLike) -> list[tuple[str, int, int, bool]]:
+    """`(name, epochs_done, epochs, finished)` per phase that the run folder
+    `directory` records; reads `run.json` only: takes no lock, loads no
+    model and changes nothing, so it works while another process trains.
+
+    Raises:
+        CheckpointError: naming the file, if `run.json` is damaged.
+    """
+    folder = RunDirectory(directory, writer=False)
+    state = folder.load_state()
+    if state is None:
+        return []
+    record = RunRecord.from_json(state, repr(str(folder.state_path)))
+    return [
+        (p.name, p.epochs_done, p.epochs, p.result is not None) for p in record.phases
+    ]
+
+
+def _only_optimizer_settings(recorded: Mapping, current: Mapping) -> bool:
+    """Whether two plans of a phase differ only in the optimizer's settings,
+    not its class."""
+    if differences({**recorded, "optimizer": None}, {**current, "optimizer": None}):
+        return False
+    old, new = recorded.get("optimizer"), current.get("optimizer")
+    return _optimizer_class(old) == _optimizer_class(new) is not None
+
+
+def _optimizer_class(fingerprint: Any) -> str | None:
+    if isinstance(fingerprint, Mapping):
+        return fingerprint.get("class")
+    return None

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from transferkit.distribution import Distribution
+from transferkit.epoch_guard import EpochGuard
 from transferkit.feature_cache import CachePlan, CacheTooLarge, FeatureCache, plan_cache
 from transferkit.lean_step import LeanDropout, LeanSoftmax, lean_layers
 from transferkit.loop import DEFAULT_STEPS_PER_CALL, DatasetLoop, InMemoryLoop
@@ -112,6 +113,7 @@ def train_phase(
     verbose: str | int,
     on_epoch_end: EpochHook,
     options: TrainingOptions,
+    phase: str = "",
 ) -> Training:
     """Trains `model`, compiled with `compile_args`, from `initial_epoch` to
     `epochs`.
@@ -129,6 +131,11 @@ def train_phase(
         verbose: `fit`'s verbosity.
         on_epoch_end: records and saves each epoch.
         options: the run's training options.
+        phase: the phase's name, for the epoch guard's messages.
+
+    Raises:
+        NonFiniteError: from the epoch guard, at a non-finite loss or weight.
+        ValueError: from the epoch guard, at an epoch without batches.
     """
     optimizer = compile_args["optimizer"]
     fused = options.lean_step and has_fused_kernel(optimizer)
@@ -156,13 +163,16 @@ def train_phase(
             loop, why = _in_memory_loop(
                 trainer, train, validation, cache, callbacks, options
             )
+        steps = _epoch_steps(loop, train, validation)
+        # The guard sees each epoch before the recorder saves it.
+        guard = EpochGuard(phase, model, steps["steps"])
         phase_callbacks = PhaseCallbacks(
-            [recorder, *callbacks],
+            [guard, recorder, *callbacks],
             model=model,
             trainer=trainer,
             verbose=verbose,
             epochs=epochs,
-            **_epoch_steps(loop, train, validation),
+            **steps,
         )
         with _StopAfterEpoch(recorder):
             if loop is not None:

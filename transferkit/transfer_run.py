@@ -10,41 +10,30 @@ variables, and `phase_result` holds what the phase did.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
 import os
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from transferkit.distribution import Distribution
-from transferkit.freeze_proof import changed_variables, count_params
-from transferkit.layer_group import LayerGroup
-from transferkit.loop import DEFAULT_STEPS_PER_CALL, InMemoryLoop
-from transferkit.optimizers import (
-    OptimizerSpec,
-    check_optimizer_spec,
-    fresh_optimizer,
-    fuse_updates,
-    scale_learning_rates,
+from transferkit.arguments import (
+    check_model,
+    require_choice,
+    require_count,
+    require_flags,
+    require_seed,
 )
+from transferkit.distribution import Distribution
+from transferkit.loop import DEFAULT_STEPS_PER_CALL, InMemoryLoop
+from transferkit.optimizers import OptimizerSpec, check_optimizer_spec
 from transferkit.phase_result import PhaseResult
-from transferkit.plan import phase_spec
+from transferkit.phases import BATCH_NORM, Phases
 from transferkit.precision import apply_precision, resolve_precision
 from transferkit.run_directory import CheckpointError
 from transferkit.run_state import RunState
-from transferkit.training import Training, TrainingOptions, train_phase
-from transferkit.training_data import (
-    Data,
-    PhaseData,
-    check_same_classes,
-    prepare_data,
-)
+from transferkit.training import TrainingOptions
+from transferkit.training_data import Data
 
 __all__ = [
     "BATCH_NORM",
@@ -55,25 +44,11 @@ __all__ = [
     "TransferRun",
 ]
 
-BATCH_NORM = ("inference", "train")
-"""What a phase's `backbone_batch_norm` accepts."""
-
 TRAINING_LOOPS = ("auto", "fit")
 """What `TransferRun(training_loop=...)` accepts."""
 
 
-def _under_strategy(method: Callable) -> Callable:
-    """`method` of a `TransferRun`, run inside its strategy's scope."""
-
-    @functools.wraps(method)
-    def in_scope(self, *args, **kwargs):
-        with self._distribution.scope():
-            return method(self, *args, **kwargs)
-
-    return in_scope
-
-
-class TransferRun:
+class TransferRun(Phases):
     """Trains a grouped model in phases, freezing groups between them.
 
     Each phase freezes what it is told to, recompiles the model with a fresh
@@ -230,48 +205,22 @@ class TransferRun:
         training_loop: str = "auto",
         strategy: tf.distribute.Strategy | None = None,
     ):
-        groups = getattr(model, "groups", None)
-        if not isinstance(model, keras.Model) or not isinstance(groups, Mapping):
-            raise TypeError(
-                "Expected a Keras model composed from `LayerGroup`s, e.g. "
-                "`features + classifier`. Received: model of type "
-                f"{type(model).__name__}"
-            )
-        if not groups:
-            raise ValueError(
-                "Expected a model with at least one group. Received a model with none."
-            )
-        _require_count(batch_size, "batch_size")
-        _require_count(steps_per_execution, "steps_per_execution")
-        _require_count(feature_cache_memory, "feature_cache_memory", minimum=0)
-        _require_count(checkpoint_every, "checkpoint_every")
-        for argument, value in (
-            ("feature_cache", feature_cache),
-            ("cache_datasets", cache_datasets),
-            ("lean_step", lean_step),
-        ):
-            if not isinstance(value, bool):
-                raise TypeError(
-                    f"Expected `{argument}` to be True or False. Received: "
-                    f"{argument}={value!r}"
-                )
-        _require_choice(training_loop, "training_loop", TRAINING_LOOPS)
-        distribution = Distribution(strategy)
-        distribution.check_model(model)
-        distribution.check_batch_size(batch_size)
-        if distribution.multi_worker and training_loop == "fit":
-            raise ValueError(
-                "Keras 3's fit fails under MultiWorkerMirroredStrategy "
-                "(keras-team/keras#20585); transferkit trains such a run with "
-                "its own loop. Expected training_loop='auto'. Received: "
-                "training_loop='fit'"
-            )
+        check_model(model)
+        batch_size = require_count(batch_size, "batch_size")
+        steps_per_execution = require_count(steps_per_execution, "steps_per_execution")
+        feature_cache_memory = require_count(
+            feature_cache_memory, "feature_cache_memory", minimum=0
+        )
+        checkpoint_every = require_count(checkpoint_every, "checkpoint_every")
+        require_flags(
+            feature_cache=feature_cache,
+            cache_datasets=cache_datasets,
+            lean_step=lean_step,
+        )
+        require_choice(training_loop, "training_loop", TRAINING_LOOPS)
+        distribution = _distribution(strategy, model, batch_size, training_loop)
         policy, self.precision_reason = resolve_precision(precision)
         check_optimizer_spec(optimizer, "optimizer")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(
-                f"Expected `seed` to be an integer. Received: seed={seed!r}"
-            )
         self._model = model
         self._optimizer = optimizer
         self._loss = loss
@@ -279,21 +228,20 @@ class TransferRun:
         self._batch_size = batch_size
         self._jit_compile = jit_compile
         self._verbose = verbose
-        self._seed = seed
+        self._seed = require_seed(seed)
         self._check_finite = check_finite
         self._policy = policy
         self._steps_per_execution = steps_per_execution
         self._distribution = distribution
         apply_precision(model, policy)
         self._results: list[PhaseResult] = []
-        with distribution.scope():
-            self._state = RunState(
-                model,
-                directory,
-                checkpoint_every=checkpoint_every,
-                writer=distribution.is_chief,
-            )
-        self._check_workers_agree(directory)
+        self._state = RunState(
+            model,
+            directory,
+            checkpoint_every=checkpoint_every,
+            writer=distribution.is_chief,
+        )
+        self._open_folder(directory)
         self._training_options = TrainingOptions(
             precision=policy,
             feature_cache=feature_cache,
@@ -306,6 +254,41 @@ class TransferRun:
             steps_per_execution=steps_per_execution,
             distribution=distribution,
         )
+
+    def _open_folder(self, directory) -> None:
+        """Opens the run folder: the lock first, then the saved state, read
+        and checked, with the checkpoint loaded; with several workers, all of
+        them compare what they read; only then the clean-up."""
+        self._closed = False
+        with self._distribution.scope():
+            self._state.open()
+        try:
+            self._check_workers_agree(directory)
+            self._state.clean_up()
+        except BaseException:
+            self._state.close()
+            raise
+
+    def close(self) -> None:
+        """Releases the run folder's lock, so that another process may write
+        it; the results and the model stay usable, but no phase can run.
+        Also done when a `with TransferRun(...) as run:` block ends, and by
+        the operating system when the process ends."""
+        self._closed = True
+        self._state.close()
+
+    def __enter__(self) -> TransferRun:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(
+                "This TransferRun is closed: its folder's lock was released. "
+                "Make a new TransferRun with the same directory to go on."
+            )
 
     def _check_workers_agree(self, directory) -> None:
         """With several workers: waits until all of them have read the run
@@ -354,14 +337,11 @@ class TransferRun:
     @property
     def saved_phases(self) -> list[tuple[str, int, int, bool]]:
         """`(name, epochs_done, epochs, finished)` per phase recorded in the
-        run's `directory`, e.g. to tell the user what a rerun resumes."""
+        run's `directory`, e.g. to tell the user what a rerun resumes. To read
+        a folder that another process writes, without a model or a lock,
+        use `transferkit.saved_phases(directory)`."""
         return [
-            (
-                phase["spec"]["name"],
-                phase["epochs_done"],
-                phase["spec"]["epochs"],
-                phase["result"] is not None,
-            )
+            (phase.name, phase.epochs_done, phase.epochs, phase.result is not None)
             for phase in self._state.phases
         ]
 
@@ -489,7 +469,15 @@ class TransferRun:
             ValueError: if a name is not a group of the model, or nothing
                 would be left to train.
         """
-        names = (freeze,) if isinstance(freeze, str) else tuple(freeze)
+        if isinstance(freeze, str):
+            names = (freeze,)
+        elif isinstance(freeze, Iterable):
+            names = tuple(freeze)
+        else:
+            raise TypeError(
+                "Expected `freeze` to be a group name or a list of group names, "
+                f"e.g. ['features']. Received: freeze={freeze!r}"
+            )
         groups = self._groups_named(names, "freeze")
         return self._run_phase(
             "fine_tune",
@@ -550,349 +538,17 @@ class TransferRun:
             )
             return loop.evaluate()
 
-    @_under_strategy
-    def _run_phase(
-        self,
-        kind: str,
-        data: Data,
-        *,
-        epochs: int,
-        validation_data: Data | None,
-        name: str | None,
-        optimizer: OptimizerSpec | None,
-        callbacks: Sequence[keras.callbacks.Callback] | None,
-        verbose: str | int | None,
-        lr_multipliers: Mapping[str, float] | None,
-        backbone_batch_norm: str,
-        freeze: Sequence[LayerGroup] = (),
-    ) -> PhaseResult:
-        """One phase, start to end, under the run's strategy; each step is a
-        method below."""
-        started = time.perf_counter()
-        _require_epochs(epochs)
-        name = self._phase_name(kind, name)
-        multipliers = self._check_multipliers(lr_multipliers)
-        _require_choice(backbone_batch_norm, "backbone_batch_norm", BATCH_NORM)
-        train, validation = self._prepare_phase_data(data, validation_data)
-        phase_optimizer = self._make_optimizer(optimizer, multipliers)
-        spec = phase_spec(
-            kind=kind,
-            name=name,
-            epochs=epochs,
-            freeze=freeze,
-            data=train,
-            optimizer=phase_optimizer,
-            loss=self._loss,
-            precision=self._policy,
-            lr_multipliers=multipliers,
-            backbone_batch_norm=backbone_batch_norm,
-        )
-        record = self._state.recorded_phase(len(self._results), spec)
-        if record is not None and record["result"] is not None:
-            return self._replay(record, freeze)
-        frozen = self._freeze_for_phase(freeze)
-        record = self._state.start_phase(record, spec, frozen)
-        elapsed = _stopwatch(started, earlier=record["seconds"])
-        with _backbone_batch_norm(self._model, backbone_batch_norm) as batch_norm:
-            self._compile(phase_optimizer)
-            with self._distribution.lost_workers(
-                f"training phase '{name}'", self._state.resume_message()
-            ):
-                self._restore(record, phase_optimizer)
-                training = self._train(
-                    record,
-                    train,
-                    validation,
-                    phase_optimizer,
-                    callbacks,
-                    verbose,
-                    elapsed,
-                )
-            if training.interrupted:
-                raise KeyboardInterrupt(self._state.interrupted_message(record))
-            result = self._result(
-                record, train, frozen, training, batch_norm, elapsed()
-            )
-        self._state.finish_phase(record, result)
-        self._results.append(result)
-        return result
 
-    def _prepare_phase_data(
-        self, data: Data, validation_data: Data | None
-    ) -> tuple[PhaseData, PhaseData | None]:
-        train = self._prepare(data, "data")
-        validation = (
-            None
-            if validation_data is None
-            else self._prepare(validation_data, "validation_data")
-        )
-        check_same_classes(train, validation)
-        return train, validation
-
-    def _prepare(self, data: Data, argument: str) -> PhaseData:
-        return prepare_data(
-            data,
-            argument,
-            model=self._model,
-            loss=self._loss,
-            batch_size=self._batch_size,
-            check_finite=self._check_finite,
-        )
-
-    def _make_optimizer(
-        self, override: OptimizerSpec | None, multipliers: Mapping[str, float]
-    ) -> keras.optimizers.Optimizer:
-        """A fresh optimizer for the phase, with the lean step's fused kernels
-        and the groups' learning-rate multipliers."""
-        if override is not None:
-            check_optimizer_spec(override, "optimizer")
-        optimizer = fresh_optimizer(self._optimizer if override is None else override)
-        if self._training_options.lean_step:
-            fuse_updates(optimizer)
-        groups = self._model.groups
-        scale_learning_rates(
-            optimizer,
-            [(v, m) for name, m in multipliers.items() for v in groups[name].variables],
-        )
-        return optimizer
-
-    def _check_multipliers(
-        self, multipliers: Mapping[str, float] | None
-    ) -> dict[str, float]:
-        if multipliers is None:
-            return {}
-        if not isinstance(multipliers, Mapping):
-            raise TypeError(
-                "Expected `lr_multipliers` to map group names to numbers, e.g. "
-                f"{{'top': 0.1}}. Received: lr_multipliers={multipliers!r}"
-            )
-        self._groups_named(list(multipliers), "lr_multipliers")
-        for value in multipliers.values():
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float | np.number)
-                or not np.isfinite(value)
-                or value < 0
-            ):
-                raise ValueError(
-                    "Expected learning-rate multipliers to be finite numbers >= 0. "
-                    f"Received: lr_multipliers={dict(multipliers)!r}"
-                )
-        return {name: float(value) for name, value in multipliers.items()}
-
-    def _replay(
-        self, record: Mapping[str, Any], freeze: Sequence[LayerGroup]
-    ) -> PhaseResult:
-        """A finished phase of a resumed run: its flags set as the plan set
-        them (the weights are loaded already) and its saved result."""
-        for group in freeze:
-            group.trainable = False
-        result = PhaseResult.from_dict(record["result"])
-        self._results.append(result)
-        return result
-
-    def _freeze_for_phase(self, freeze: Sequence[LayerGroup]) -> list[LayerGroup]:
-        """Freezes `freeze`; returns every frozen group. Leaves the model as
-        it was and raises if nothing would be left to train."""
-        previous = {id(g): [layer.trainable for layer in g] for g in freeze}
-        for group in freeze:
-            group.trainable = False
-        if not self._model.trainable_weights:
-            message = (
-                "Nothing left to train: every layer with weights is frozen "
-                f"(frozen groups: {list(self.frozen_groups)}). Unfreeze a "
-                "group with `run.unfreeze(name)`."
-            )
-            for group in freeze:
-                for layer, trainable in zip(group, previous[id(group)], strict=True):
-                    layer.trainable = trainable
-            raise ValueError(message)
-        return [self._model.groups[name] for name in self.frozen_groups]
-
-    def _compile(self, optimizer: keras.optimizers.Optimizer) -> None:
-        # Compiled even when a trainer model trains: `evaluate`, the
-        # checkpoints, resuming and the callbacks use the whole model.
-        self._model.compile(**self._compile_args(optimizer))
-
-    def _compile_args(self, optimizer: keras.optimizers.Optimizer) -> dict[str, Any]:
-        return {
-            "optimizer": optimizer,
-            "loss": self._loss,
-            "metrics": self._metrics,
-            "jit_compile": self._jit_compile,
-            "steps_per_execution": self._steps_per_execution,
-        }
-
-    def _restore(
-        self, record: Mapping[str, Any], optimizer: keras.optimizers.Optimizer
-    ) -> None:
-        """Loads the last saved epoch of a resumed phase (with its optimizer
-        state), and seeds the phase from where it starts."""
-        done = record["epochs_done"]
-        if done:
-            optimizer.build(self._model.trainable_variables)
-            self._state.restore()
-        if self._seed is not None:
-            index = len(self._results)
-            keras.utils.set_random_seed(_derived_seed(self._seed, index, done))
-
-    def _train(
-        self,
-        record: dict[str, Any],
-        train: PhaseData,
-        validation: PhaseData | None,
-        optimizer: keras.optimizers.Optimizer,
-        callbacks: Sequence[keras.callbacks.Callback] | None,
-        verbose: str | int | None,
-        elapsed: Callable[[], float],
-    ) -> Training:
-        def on_epoch_end(epoch, logs, interrupted):
-            self._state.end_epoch(record, epoch, logs, elapsed(), save=interrupted)
-
-        return train_phase(
-            self._model,
-            self._compile_args(optimizer),
-            train=train,
-            validation=validation,
-            frozen=record["frozen_groups"],
-            epochs=record["spec"]["epochs"],
-            initial_epoch=record["epochs_done"],
-            callbacks=list(callbacks or ()),
-            verbose=self._verbose if verbose is None else verbose,
-            on_epoch_end=on_epoch_end,
-            options=self._training_options,
-        )
-
-    def _result(
-        self,
-        record: Mapping[str, Any],
-        train: PhaseData,
-        frozen: Sequence[LayerGroup],
-        training: Training,
-        batch_norm: str,
-        seconds: float,
-    ) -> PhaseResult:
-        """The phase's result, with the freeze proof."""
-        changed = changed_variables(frozen, record["frozen_digest"])
-        history = record["history"]
-        return PhaseResult(
-            name=record["spec"]["name"],
-            epochs=record["spec"]["epochs"],
-            train_samples=train.samples,
-            seconds=seconds,
-            history=history,
-            metrics={
-                key[len("val_") :]: values[-1]
-                for key, values in history.items()
-                if key.startswith("val_")
-            },
-            trainable_params=count_params(self._model.trainable_weights),
-            non_trainable_params=count_params(self._model.non_trainable_weights),
-            frozen_groups=tuple(group.name for group in frozen),
-            frozen_unchanged=(not changed) if frozen else None,
-            changed_variables=changed,
-            classes=train.classes,
-            precision=self._policy,
-            steps_per_execution=self._steps_per_execution,
-            cached_layers=training.cached_layers,
-            cache=training.cache,
-            cache_seconds=training.cache_seconds,
-            lean_step=training.lean_step,
-            training_loop=training.loop,
-            lr_multipliers=dict(record["spec"].get("lr_multipliers", {})),
-            batch_norm=batch_norm,
-        )
-
-    def _phase_name(self, kind: str, name: str | None) -> str:
-        taken = {result.name for result in self._results}
-        if name is None:
-            name, suffix = kind, 2
-            while name in taken:
-                name, suffix = f"{kind}_{suffix}", suffix + 1
-            return name
-        if not isinstance(name, str) or not name:
-            raise ValueError(
-                f"Expected `name` to be a non-empty string. Received: name={name!r}"
-            )
-        if name in taken:
-            raise ValueError(
-                f"The run already has a phase named '{name}'. Phase names "
-                f"must be unique; taken: {sorted(taken)}"
-            )
-        return name
-
-    def _groups_named(self, names: Iterable[str], argument: str) -> list[LayerGroup]:
-        groups = self._model.groups
-        names = list(names)
-        for name in names:
-            if not isinstance(name, str) or name not in groups:
-                raise ValueError(
-                    f"Unknown group {name!r}. Expected one of {list(groups)}. "
-                    f"Received: {argument}={names}"
-                )
-        return [groups[name] for name in names]
-
-
-def _require_count(value: Any, argument: str, minimum: int = 1) -> None:
-    """Raises unless `value` is an integer >= `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(
-            f"Expected `{argument}` to be an integer. Received: {argument}={value!r}"
-        )
-    if value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+def _distribution(strategy, model, batch_size: int, training_loop: str):
+    """The run's `Distribution`, checked against the model and settings."""
+    distribution = Distribution(strategy)
+    distribution.check_model(model)
+    distribution.check_batch_size(batch_size)
+    if distribution.multi_worker and training_loop == "fit":
         raise ValueError(
-            f"Expected `{argument}` to be {what}. Received: {argument}={value}"
+            "Keras 3's fit fails under MultiWorkerMirroredStrategy "
+            "(keras-team/keras#20585); transferkit trains such a run with "
+            "its own loop. Expected training_loop='auto'. Received: "
+            "training_loop='fit'"
         )
-
-
-def _require_choice(value: Any, argument: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(
-            f"Unknown `{argument}`. Expected one of {list(choices)}. Received: "
-            f"{argument}={value!r}"
-        )
-
-
-@contextlib.contextmanager
-def _backbone_batch_norm(model: keras.Model, mode: str) -> Iterator[str]:
-    """For the block: with `mode="inference"`, the trainable BatchNormalization
-    layers of groups split from a backbone are frozen, so they run in
-    inference mode; yields what was done, for the result."""
-    layers = [
-        layer
-        for group in model.groups.values()
-        if group.source is not None
-        for layer in group
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
-    ]
-    if not layers:
-        yield ""
-        return
-    if mode == "train":
-        yield f"{len(layers)} layers of backbone groups trained"
-        return
-    for layer in layers:
-        layer.trainable = False
-    try:
-        yield f"{len(layers)} layers of backbone groups in inference mode"
-    finally:
-        for layer in layers:
-            layer.trainable = True
-
-
-def _require_epochs(epochs: Any) -> None:
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(
-            f"Expected `epochs` to be a positive integer. Received: epochs={epochs!r}"
-        )
-
-
-def _stopwatch(started: float, *, earlier: float) -> Callable[[], float]:
-    """Seconds since `started`, plus `earlier` ones (of interrupted sessions)."""
-    return lambda: earlier + time.perf_counter() - started
-
-
-def _derived_seed(seed: int, phase: int, epoch: int) -> int:
-    text = f"{seed}/{phase}/{epoch}".encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
+    return distribution

@@ -1,0 +1,421 @@
+"""How a phase of a `TransferRun` runs, step by step.
+
+`Phases` is the part of `TransferRun` that runs one phase: `_run_phase`
+reads top to bottom, and each of its steps is a method below, most of them
+handing over to a module of its own: `training_data` checks and prepares the
+data, `optimizers` makes the phase's optimizer, `plan` and `run_state`
+record and resume the plan, `training` trains, `freeze_proof` checks the
+frozen variables, and `phase_result` holds what the phase did. (Keras' own
+`Model` is built the same way, on a `Trainer` base class.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from transferkit.arguments import require_choice, require_epochs
+from transferkit.errors import NonFiniteError
+from transferkit.freeze_proof import changed_variables, count_params
+from transferkit.layer_group import LayerGroup
+from transferkit.optimizers import (
+    OptimizerSpec,
+    check_optimizer_spec,
+    fresh_optimizer,
+    fuse_updates,
+    scale_learning_rates,
+)
+from transferkit.phase_result import PhaseResult
+from transferkit.plan import phase_spec
+from transferkit.run_record import PhaseRecord
+from transferkit.training import Training, train_phase
+from transferkit.training_data import (
+    Data,
+    PhaseData,
+    check_same_classes,
+    prepare_data,
+)
+
+__all__ = ["BATCH_NORM", "Phases"]
+
+BATCH_NORM = ("inference", "train")
+"""What a phase's `backbone_batch_norm` accepts."""
+
+
+def _under_strategy(method: Callable) -> Callable:
+    """`method` of a `TransferRun`, run inside its strategy's scope."""
+
+    @functools.wraps(method)
+    def in_scope(self, *args, **kwargs):
+        with self._distribution.scope():
+            return method(self, *args, **kwargs)
+
+    return in_scope
+
+
+class Phases:
+    """The steps of a phase; `TransferRun` holds the run's settings."""
+
+    @_under_strategy
+    def _run_phase(
+        self,
+        kind: str,
+        data: Data,
+        *,
+        epochs: int,
+        validation_data: Data | None,
+        name: str | None,
+        optimizer: OptimizerSpec | None,
+        callbacks: Sequence[keras.callbacks.Callback] | None,
+        verbose: str | int | None,
+        lr_multipliers: Mapping[str, float] | None,
+        backbone_batch_norm: str,
+        freeze: Sequence[LayerGroup] = (),
+    ) -> PhaseResult:
+        """One phase, start to end, under the run's strategy; each step is a
+        method below. A phase that fails goes back to its last saved epoch,
+        where a retry resumes."""
+        started = time.perf_counter()
+        self._check_open()
+        epochs = require_epochs(epochs)
+        name = self._phase_name(kind, name)
+        multipliers = self._check_multipliers(lr_multipliers)
+        require_choice(backbone_batch_norm, "backbone_batch_norm", BATCH_NORM)
+        train, validation = self._prepare_phase_data(data, validation_data)
+        phase_optimizer = self._make_optimizer(optimizer, multipliers)
+        spec = phase_spec(
+            kind=kind,
+            name=name,
+            epochs=epochs,
+            freeze=freeze,
+            data=train,
+            optimizer=phase_optimizer,
+            loss=self._loss,
+            precision=self._policy,
+            lr_multipliers=multipliers,
+            backbone_batch_norm=backbone_batch_norm,
+        )
+        record = self._state.recorded_phase(len(self._results), spec)
+        if record is not None and record.result is not None:
+            return self._replay(record, freeze)
+        frozen = self._freeze_for_phase(freeze)
+        record = self._state.start_phase(record, spec, frozen)
+        elapsed = _stopwatch(started, earlier=record.seconds)
+        try:
+            with _backbone_batch_norm(self._model, backbone_batch_norm) as batch_norm:
+                training = self._attempt(
+                    record,
+                    train,
+                    validation,
+                    phase_optimizer,
+                    callbacks,
+                    verbose,
+                    elapsed,
+                )
+                result = self._result(
+                    record, train, frozen, training, batch_norm, elapsed()
+                )
+            self._state.finish_phase(record, result)
+        except BaseException as error:
+            replacement = self._failed(error)
+            if replacement is error:
+                raise
+            raise replacement from None
+        self._results.append(result)
+        return result
+
+    def _attempt(
+        self, record, train, validation, optimizer, callbacks, verbose, elapsed
+    ) -> Training:
+        """Compiles, loads the phase's last saved epoch and trains."""
+        self._compile(optimizer)
+        with self._distribution.lost_workers(
+            f"training phase '{record.name}'", self._state.resume_message()
+        ):
+            self._restore(record, optimizer)
+            training = self._train(
+                record, train, validation, optimizer, callbacks, verbose, elapsed
+            )
+        if training.interrupted:
+            raise KeyboardInterrupt(self._state.interrupted_message(record))
+        return training
+
+    def _failed(self, error: BaseException) -> BaseException:
+        """What a failed phase raises, once the run has gone back to what it
+        last saved: `error`, or for a non-finite loss and a Ctrl-C that
+        stopped at once, an error that says what was kept."""
+        stopped = str(error) if isinstance(error, NonFiniteError) else ""
+        self._state.rollback(stopped)
+        record = self._state.phases[-1]
+        if isinstance(error, NonFiniteError):
+            return NonFiniteError(f"{error} {self._state.kept_message(record)}")
+        if isinstance(error, KeyboardInterrupt) and not str(error):
+            return KeyboardInterrupt(self._state.interrupted_message(record))
+        return error
+
+    def _prepare_phase_data(
+        self, data: Data, validation_data: Data | None
+    ) -> tuple[PhaseData, PhaseData | None]:
+        train = self._prepare(data, "data")
+        validation = (
+            None
+            if validation_data is None
+            else self._prepare(validation_data, "validation_data")
+        )
+        check_same_classes(train, validation)
+        return train, validation
+
+    def _prepare(self, data: Data, argument: str) -> PhaseData:
+        return prepare_data(
+            data,
+            argument,
+            model=self._model,
+            loss=self._loss,
+            batch_size=self._batch_size,
+            check_finite=self._check_finite,
+        )
+
+    def _make_optimizer(
+        self, override: OptimizerSpec | None, multipliers: Mapping[str, float]
+    ) -> keras.optimizers.Optimizer:
+        """A fresh optimizer for the phase, with the lean step's fused kernels
+        and the groups' learning-rate multipliers."""
+        if override is not None:
+            check_optimizer_spec(override, "optimizer")
+        optimizer = fresh_optimizer(self._optimizer if override is None else override)
+        if self._training_options.lean_step:
+            fuse_updates(optimizer)
+        groups = self._model.groups
+        scale_learning_rates(
+            optimizer,
+            [(v, m) for name, m in multipliers.items() for v in groups[name].variables],
+        )
+        return optimizer
+
+    def _check_multipliers(
+        self, multipliers: Mapping[str, float] | None
+    ) -> dict[str, float]:
+        if multipliers is None:
+            return {}
+        if not isinstance(multipliers, Mapping):
+            raise TypeError(
+                "Expected `lr_multipliers` to map group names to numbers, e.g. "
+                f"{{'top': 0.1}}. Received: lr_multipliers={multipliers!r}"
+            )
+        self._groups_named(list(multipliers), "lr_multipliers")
+        for value in multipliers.values():
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float | np.number)
+                or not np.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(
+                    "Expected learning-rate multipliers to be finite numbers >= 0. "
+                    f"Received: lr_multipliers={dict(multipliers)!r}"
+                )
+        return {name: float(value) for name, value in multipliers.items()}
+
+    def _replay(
+        self, record: Mapping[str, Any], freeze: Sequence[LayerGroup]
+    ) -> PhaseResult:
+        """A finished phase of a resumed run: its flags set as the plan set
+        them (the weights are loaded already) and its saved result."""
+        for group in freeze:
+            group.trainable = False
+        result = record.result
+        self._results.append(result)
+        return result
+
+    def _freeze_for_phase(self, freeze: Sequence[LayerGroup]) -> list[LayerGroup]:
+        """Freezes `freeze`; returns every frozen group. Leaves the model as
+        it was and raises if nothing would be left to train."""
+        previous = {id(g): [layer.trainable for layer in g] for g in freeze}
+        for group in freeze:
+            group.trainable = False
+        if not self._model.trainable_weights:
+            message = (
+                "Nothing left to train: every layer with weights is frozen "
+                f"(frozen groups: {list(self.frozen_groups)}). Unfreeze a "
+                "group with `run.unfreeze(name)`."
+            )
+            for group in freeze:
+                for layer, trainable in zip(group, previous[id(group)], strict=True):
+                    layer.trainable = trainable
+            raise ValueError(message)
+        return [self._model.groups[name] for name in self.frozen_groups]
+
+    def _compile(self, optimizer: keras.optimizers.Optimizer) -> None:
+        # Compiled even when a trainer model trains: `evaluate`, the
+        # checkpoints, resuming and the callbacks use the whole model.
+        self._model.compile(**self._compile_args(optimizer))
+
+    def _compile_args(self, optimizer: keras.optimizers.Optimizer) -> dict[str, Any]:
+        return {
+            "optimizer": optimizer,
+            "loss": self._loss,
+            "metrics": self._metrics,
+            "jit_compile": self._jit_compile,
+            "steps_per_execution": self._steps_per_execution,
+        }
+
+    def _restore(
+        self, record: PhaseRecord, optimizer: keras.optimizers.Optimizer
+    ) -> None:
+        """Loads the last saved epoch of a resumed phase (with its optimizer
+        state), and seeds the phase from where it starts."""
+        done = record.epochs_done
+        if done:
+            optimizer.build(self._model.trainable_variables)
+        self._state.restore(record)
+        if self._seed is not None:
+            index = len(self._results)
+            keras.utils.set_random_seed(_derived_seed(self._seed, index, done))
+
+    def _train(
+        self,
+        record: PhaseRecord,
+        train: PhaseData,
+        validation: PhaseData | None,
+        optimizer: keras.optimizers.Optimizer,
+        callbacks: Sequence[keras.callbacks.Callback] | None,
+        verbose: str | int | None,
+        elapsed: Callable[[], float],
+    ) -> Training:
+        def on_epoch_end(epoch, logs, interrupted):
+            self._state.end_epoch(record, epoch, logs, elapsed(), save=interrupted)
+
+        return train_phase(
+            self._model,
+            self._compile_args(optimizer),
+            train=train,
+            validation=validation,
+            frozen=record.frozen_groups,
+            epochs=record.epochs,
+            initial_epoch=record.epochs_done,
+            callbacks=list(callbacks or ()),
+            verbose=self._verbose if verbose is None else verbose,
+            on_epoch_end=on_epoch_end,
+            options=self._training_options,
+            phase=record.name,
+        )
+
+    def _result(
+        self,
+        record: PhaseRecord,
+        train: PhaseData,
+        frozen: Sequence[LayerGroup],
+        training: Training,
+        batch_norm: str,
+        seconds: float,
+    ) -> PhaseResult:
+        """The phase's result, with the freeze proof."""
+        changed = changed_variables(frozen, record.frozen_digest)
+        history = record.history
+        done, planned = record.epochs_done, record.epochs
+        return PhaseResult(
+            name=record.name,
+            epochs=done,
+            planned_epochs=planned,
+            stopped_early=(
+                f"a callback set stop_training after epoch {done} of {planned}"
+                if done < planned
+                else ""
+            ),
+            train_samples=train.samples,
+            seconds=seconds,
+            history=history,
+            metrics={
+                key[len("val_") :]: values[-1]
+                for key, values in history.items()
+                if key.startswith("val_")
+            },
+            trainable_params=count_params(self._model.trainable_weights),
+            non_trainable_params=count_params(self._model.non_trainable_weights),
+            frozen_groups=tuple(group.name for group in frozen),
+            frozen_unchanged=(not changed) if frozen else None,
+            changed_variables=changed,
+            classes=train.classes,
+            precision=self._policy,
+            steps_per_execution=self._steps_per_execution,
+            cached_layers=training.cached_layers,
+            cache=training.cache,
+            cache_seconds=training.cache_seconds,
+            lean_step=training.lean_step,
+            training_loop=training.loop,
+            lr_multipliers=dict(record.spec.get("lr_multipliers", {})),
+            batch_norm=batch_norm,
+        )
+
+    def _phase_name(self, kind: str, name: str | None) -> str:
+        taken = {result.name for result in self._results}
+        if name is None:
+            name, suffix = kind, 2
+            while name in taken:
+                name, suffix = f"{kind}_{suffix}", suffix + 1
+            return name
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                f"Expected `name` to be a non-empty string. Received: name={name!r}"
+            )
+        if name in taken:
+            raise ValueError(
+                f"The run already has a phase named '{name}'. Phase names "
+                f"must be unique; taken: {sorted(taken)}"
+            )
+        return name
+
+    def _groups_named(self, names: Iterable[str], argument: str) -> list[LayerGroup]:
+        groups = self._model.groups
+        names = list(names)
+        for name in names:
+            if not isinstance(name, str) or name not in groups:
+                raise ValueError(
+                    f"Unknown group {name!r}. Expected one of {list(groups)}. "
+                    f"Received: {argument}={names}"
+                )
+        return [groups[name] for name in names]
+
+
+@contextlib.contextmanager
+def _backbone_batch_norm(model: keras.Model, mode: str) -> Iterator[str]:
+    """For the block: with `mode="inference"`, the trainable BatchNormalization
+    layers of groups split from a backbone are frozen, so they run in
+    inference mode; yields what was done, for the result."""
+    layers = [
+        layer
+        for group in model.groups.values()
+        if group.source is not None
+        for layer in group
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
+    if not layers:
+        yield ""
+        return
+    if mode == "train":
+        yield f"{len(layers)} layers of backbone groups trained"
+        return
+    for layer in layers:
+        layer.trainable = False
+    try:
+        yield f"{len(layers)} layers of backbone groups in inference mode"
+    finally:
+        for layer in layers:
+            layer.trainable = True
+
+
+def _stopwatch(started: float, *, earlier: float) -> Callable[[], float]:
+    """Seconds since `started`, plus `earlier` ones (of interrupted sessions)."""
+    return lambda: earlier + time.perf_counter() - started
+
+
+def _derived_seed(seed: int, phase: int, epoch: int) -> int:
+    text = f"{seed}/{phase}/{epoch}".encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
