@@ -102,7 +102,10 @@ def main(argv=None) -> str:
         )
         digests = 2 * seconds(digest, [model.groups["features"]])
         state = {"model": "", "checkpoint": None, "phases": []}
-        checkpoint = seconds(RunDirectory(Path(folder) / "timing").save, model, state)
+        timing = RunDirectory(Path(folder) / "timing")
+        timing.open()
+        checkpoint = seconds(timing.save, model, state)
+        timing.close()
     later = float(np.median(epochs.epochs[1:])) if len(epochs.epochs) > 1 else 0.0
     parts = {
         "checking the data": checking,

@@ -373,6 +373,7 @@ def main(argv=None) -> dict:
         json_path, md_path = write_report(args.out, report)
         print(f"Wrote {json_path} and {md_path}")
         print(figures_line(report))
+    run.close()  # Another process may now write the folder.
     return report
 
 
@@ -382,6 +383,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt as interrupt:
         print(f"\n{interrupt or 'Interrupted.'}", file=sys.stderr)
         sys.exit(130)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

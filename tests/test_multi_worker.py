@@ -162,10 +162,11 @@ def test_two_workers_train_one_model_and_only_the_chief_writes(tmp_path):
     assert len(fine_tune["history"]["loss"]) == 3
     assert chief.evaluation == other.evaluation
     assert chief.evaluation["loss"] == pytest.approx(fine_tune["metrics"]["loss"])
-    # The chief's folder holds its state and one checkpoint, nothing else.
+    # The chief's folder holds its state, one checkpoint and its lock.
     assert sorted(p.name for p in cluster.directory.iterdir()) == [
         "checkpoint-000007.keras",
         "run.json",
+        "run.lock",
     ]
     refused = [line for line in cluster.log(1).splitlines() if "REFUSED" in line]
     assert refused == [

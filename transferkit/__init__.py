@@ -23,6 +23,7 @@ _EXPORTS = {
     "PhaseResult": "transferkit.phase_result",
     "TransferRun": "transferkit.transfer_run",
     "load_report": "transferkit.report",
+    "saved_phases": "transferkit.run_state",
     "split_classes": "transferkit.class_subset",
 }
 
@@ -33,6 +34,7 @@ __all__ = [
     "PhaseResult",
     "TransferRun",
     "load_report",
+    "saved_phases",
     "split_classes",
 ]
 
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from transferkit.layer_group import GroupedSequential, LayerGroup
     from transferkit.phase_result import PhaseResult
     from transferkit.report import load_report
+    from transferkit.run_state import saved_phases
     from transferkit.transfer_run import TransferRun
 
 

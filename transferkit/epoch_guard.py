@@ -50,11 +50,20 @@ class EpochGuard(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
+    def on_train_batch_begin(self, batch, logs=None):
+        self._first = batch  # A call of several steps starts here.
+
     def on_train_batch_end(self, batch, logs=None):
         loss = _loss(logs)
         if loss is not None and not math.isfinite(loss):
+            first = min(getattr(self, "_first", batch), batch)
+            steps = (
+                f"at step {batch + 1}"
+                if first == batch
+                else f"within steps {first + 1}-{batch + 1} (one call)"
+            )
             of = f" of {self._steps}" if self._steps else ""
-            self._fail(f"the loss became {loss} by step {batch + 1}{of}")
+            self._fail(f"the loss became {loss} {steps}{of}")
 
     def on_epoch_end(self, epoch, logs=None):
         loss = _loss(logs)

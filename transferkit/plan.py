@@ -127,11 +127,13 @@ def differences(recorded: Any, current: Any, prefix: str = "") -> list[str]:
 
 
 def _data_fingerprint(data: PhaseData) -> dict[str, Any]:
-    """What identifies a phase's data in a plan: size, classes, labels."""
+    """What identifies a phase's data in a plan: size, classes, and digests
+    of the labels and of the samples (every byte of both)."""
     if data.is_dataset:
         return {"type": "dataset"}
     return {
         "samples": data.samples,
         "classes": list(data.classes) if data.classes else None,
         "labels_sha256": data.labels_sha256,
+        "samples_sha256": data.samples_sha256,
     }

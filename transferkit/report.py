@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from transferkit._io import atomic_write, ensure_writable, strict_json
+from transferkit._io import atomic_write, ensure_writable, json_number, strict_json
 
 if TYPE_CHECKING:  # Reading a report needs neither Keras nor TensorFlow.
     import keras
@@ -142,7 +142,7 @@ def phase_rows(phase: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows = [
         ("classes", _classes(phase["classes"])),
         ("train samples", _number(phase["train_samples"])),
-        ("epochs", str(phase["epochs"])),
+        ("epochs", _epochs(phase)),
         ("seconds", f"{phase['seconds']:.1f}"),
         ("samples/s", _float(phase.get("samples_per_second"), "{:,.0f}")),
         ("train loss", _float(_last(history.get("loss")), "{:.4f}")),
@@ -304,6 +304,14 @@ def _classes(classes) -> str:
     return ", ".join(str(c) for c in classes)
 
 
+def _epochs(phase) -> str:
+    """E.g. `"5"`, or `"2 of 15 (a callback set stop_training ...)"`."""
+    planned = phase.get("planned_epochs")
+    if planned is None or planned == phase["epochs"]:
+        return str(phase["epochs"])
+    return f"{phase['epochs']} of {planned} ({phase.get('stopped_early') or 'stopped'})"
+
+
 def _last(values):
     return values[-1] if values else None
 
@@ -313,7 +321,8 @@ def _number(value) -> str:
 
 
 def _float(value, pattern: str) -> str:
-    return "-" if value is None else pattern.format(value)
+    # Strict JSON holds non-finite numbers as "nan", "inf" or "-inf".
+    return "-" if value is None else pattern.format(float(json_number(value)))
 
 
 def _verdict(phase) -> str:

@@ -135,6 +135,10 @@ class RunState:
         if index >= len(phases):
             return None
         record = phases[index]
+        data = record.spec.get("data")
+        if isinstance(data, dict) and "labels_sha256" in data:
+            # Folders from before the samples were fingerprinted resume.
+            data.setdefault("samples_sha256", spec["data"].get("samples_sha256"))
         found = differences(record.spec, spec)
         if found and record.stopped and _only_optimizer_settings(record.spec, spec):
             record.spec, record.stopped, found = dict(spec), "", []
@@ -257,8 +261,10 @@ class RunState:
         """What a phase stopped by a non-finite loss left, and how to go on."""
         if self._directory is None:
             return (
-                "Nothing was saved (no `directory=`): lower the learning rate "
-                "(or clip the gradients) and run the phase again."
+                "Nothing was saved (no `directory=`), and the model holds the "
+                "non-finite weights: build the model again, lower the learning "
+                "rate (or clip the gradients), and pass `directory=` to resume "
+                "from the last finite epoch next time."
             )
         kept = (
             f"epoch {record.epochs_done} of phase '{record.name}'"
