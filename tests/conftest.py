@@ -82,6 +82,21 @@ def fine_tune_checked(run, data, epochs=2):
     return result
 
 
+def tiny_run(directory=None, **kwargs):
+    """A quiet `TransferRun` of the tiny model with Adam, batches of 16."""
+    from transferkit import TransferRun
+
+    return TransferRun(
+        make_model(),
+        optimizer="adam",
+        loss="sparse_categorical_crossentropy",
+        batch_size=16,
+        verbose=0,
+        directory=directory,
+        **kwargs,
+    )
+
+
 @pytest.fixture
 def model():
     return make_model()

@@ -9,25 +9,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import Crash, CrashAfterEpoch, Epochs, make_data, make_model
+from conftest import Crash, CrashAfterEpoch, Epochs, make_data, tiny_run
 
 import transferkit
-from transferkit import TransferRun
 from transferkit.epoch_guard import non_finite_variables
 from transferkit.errors import NonFiniteError
 from transferkit.report import build_report, format_markdown
 
-
-def make_run(directory=None, **kwargs):
-    return TransferRun(
-        make_model(),
-        optimizer="adam",
-        loss="sparse_categorical_crossentropy",
-        batch_size=16,
-        verbose=0,
-        directory=directory,
-        **kwargs,
-    )
+make_run = tiny_run
 
 
 class Poison(keras.callbacks.Callback):

@@ -108,6 +108,7 @@ def test_early_stopping_and_stop_training_end_the_phase():
     result = make_run().train(make_data(), epochs=5, callbacks=[StopAfterFirstEpoch()])
 
     assert len(result.history["loss"]) == 1
+    assert (result.epochs, result.planned_epochs) == (1, 5)
 
 
 def test_validation_metrics_are_keras_own():

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import bitwise_equal, make_data, make_model, snapshot
+from conftest import bitwise_equal, make_data, make_model, snapshot, tiny_run
 
 import transferkit
 from transferkit import TransferRun
@@ -25,16 +25,7 @@ TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 
 
-def make_run(directory, **kwargs):
-    return TransferRun(
-        make_model(),
-        optimizer="adam",
-        loss="sparse_categorical_crossentropy",
-        batch_size=16,
-        verbose=0,
-        directory=directory,
-        **kwargs,
-    )
+make_run = tiny_run
 
 
 def state_of(folder):
@@ -291,10 +282,11 @@ def test_a_finished_run_on_read_only_storage_is_replayed(tmp_path, monkeypatch):
     first.close()
     before = files(tmp_path)
 
-    def read_only(directory):
+    def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr("transferkit.run_directory.ensure_writable", read_only)
+    # What ensure_writable meets on a read-only mount.
+    monkeypatch.setattr("transferkit._io.tempfile.TemporaryFile", read_only)
     again = make_run(tmp_path)
     assert again.train(data, epochs=1) == first.results[0]
     with pytest.raises(

@@ -12,25 +12,14 @@ from conftest import (
     Epochs,
     bitwise_equal,
     make_data,
-    make_model,
     snapshot,
+    tiny_run,
 )
 
 import transferkit
-from transferkit import TransferRun
 from transferkit.run_directory import CheckpointError, RunDirectory
 
-
-def make_run(directory, **kwargs):
-    return TransferRun(
-        make_model(),
-        optimizer="adam",
-        loss="sparse_categorical_crossentropy",
-        batch_size=16,
-        verbose=0,
-        directory=directory,
-        **kwargs,
-    )
+make_run = tiny_run
 
 
 def two_phases(run, data, epochs=(1, 5), callbacks=()):

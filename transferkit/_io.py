@@ -54,9 +54,10 @@ def ensure_writable(directory: str | os.PathLike) -> Path:
     except OSError as error:
         # The same error class (PermissionError, ...), with a message that
         # names the folder and says what to do.
-        raise type(error)(
+        raise os_error(
+            error,
             f"Cannot write to the output folder {str(directory)!r} "
-            f"({error.strerror or error}). Choose another folder."
+            f"({error.strerror or error}). Choose another folder.",
         ) from error
     return directory
 

@@ -94,8 +94,11 @@ class FolderLock:
 
     def __del__(self):
         # A run object that is garbage-collected unlocks its folder.
-        if self._descriptor is not None and self._pid == os.getpid():
-            self.release()
+        try:
+            if self._descriptor is not None and self._pid == os.getpid():
+                self.release()
+        except Exception:  # At interpreter exit the OS drops the lock anyway.
+            pass
 
     @property
     def held(self) -> bool:

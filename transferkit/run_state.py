@@ -231,7 +231,11 @@ class RunState:
         if stopped and phases and phases[-1].result is None:
             phases[-1].stopped = stopped
             if self.writes:
-                self._directory.write_state(self._record.to_json())
+                try:
+                    self._directory.write_state(self._record.to_json())
+                except OSError:
+                    pass  # The error being raised matters more than the note.
+            self._saved = self._record.copy()
 
     def save(self) -> None:
         """Checkpoints the model and then the state, atomically; nothing

@@ -82,8 +82,11 @@ class TransferRun(Phases):
             results and the random-seed state are saved there, atomically.
             Running the same plan again with the same folder resumes:
             finished phases return their saved results without training, an
-            interrupted phase goes on from its last saved epoch. Defaults to
-            `None` (nothing is saved).
+            interrupted phase goes on from its last saved epoch. The run
+            holds the folder's lock (one writing process at a time) until
+            `close()`, the end of a `with` block, or the process; opening
+            deletes only files the run made. Defaults to `None` (nothing is
+            saved).
         checkpoint_every: with a `directory`, save after every this many
             epochs of a phase; the end of every phase, and an epoch stopped
             by Ctrl-C, are always saved. Raise it when saving a large model
@@ -163,7 +166,9 @@ class TransferRun(Phases):
 
     Ctrl-C during a phase finishes the current epoch, saves it (with a
     `directory`), and raises `KeyboardInterrupt` saying how to resume; a
-    second Ctrl-C stops at once.
+    second Ctrl-C stops at once. A non-finite loss or weight stops the phase
+    with `NonFiniteError` before the epoch is saved, so the folder keeps the
+    last finite epoch.
 
     Example:
 
