@@ -187,9 +187,12 @@ def main(argv=None) -> None:
         f"{good} of {len(kills)} rounds resumed to a correct, clean folder."
     )
     good = sum(not round_["problems"] for round_ in pairs)
+    refused = sum(round_["statuses"] == [0, REFUSED] for round_ in pairs)
     print(
-        f"Two processes at once: {good} of {len(pairs)} rounds had one train and "
-        "the other refused, and a clean folder that replays."
+        f"Two processes at once: {good} of {len(pairs)} rounds right ({refused} "
+        "with one refused at once, the rest with the second opening the folder "
+        "after the first had finished and replaying it), each leaving a clean "
+        "folder that replays."
     )
     for round_ in kills + pairs:
         for problem in round_["problems"]:

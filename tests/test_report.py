@@ -255,3 +255,20 @@ def test_an_unwritable_output_folder_is_named(tmp_path):
     blocker.write_text("")
     with pytest.raises(OSError, match="Cannot write to the output folder '.*file/run'"):
         ensure_writable(blocker / "run")
+
+
+def test_non_finite_numbers_are_written_as_strict_json_and_shown(report, tmp_path):
+    phase = dict(report["phases"][1], test_loss=float("nan"))
+    phase["history"] = dict(phase["history"], val_loss=[float("inf"), float("nan")])
+    edited = dict(report, phases=[report["phases"][0], phase])
+
+    json_path, md_path = write_report(tmp_path, edited, figures=False)
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    written = json.loads(json_path.read_text(), parse_constant=refuse)
+    assert written["phases"][1]["test_loss"] == "nan"
+    assert written["phases"][1]["history"]["val_loss"] == ["inf", "nan"]
+    assert "| test loss | nan |" in md_path.read_text()
+    assert load_report(tmp_path)["phases"][1]["test_loss"] == "nan"
