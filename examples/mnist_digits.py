@@ -251,6 +251,28 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def report_settings(args, run, strategy, resumed: bool, sample: bool) -> dict:
+    """The command line's settings, as the report keeps them."""
+    return {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "optimizer": f"Adadelta(learning_rate={args.learning_rate})",
+        "embedded_sample": sample,
+        # total_seconds covers this invocation only; the phases' seconds
+        # include the sessions before a resume.
+        "resumed": resumed,
+        "fast": args.fast,
+        "precision": run.precision,
+        "precision_reason": run.precision_reason,
+        "feature_cache": args.feature_cache,
+        "steps_per_execution": args.steps_per_execution,
+        "lean_step": args.fast,
+        "strategy": args.strategy,
+        "replicas": 1 if strategy is None else strategy.num_replicas_in_sync,
+    }
+
+
 def main(argv=None) -> dict:
     """Runs the experiment; returns the report (also written with --out)."""
     args = parse_args(argv)
@@ -307,24 +329,7 @@ def main(argv=None) -> dict:
         run.results,
         dataset=data.source,
         total_seconds=time.perf_counter() - start,
-        settings={
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "seed": args.seed,
-            "optimizer": f"Adadelta(learning_rate={args.learning_rate})",
-            "embedded_sample": data.is_sample,
-            # total_seconds covers this invocation only; the phases' seconds
-            # include the sessions before a resume.
-            "resumed": resumed,
-            "fast": args.fast,
-            "precision": run.precision,
-            "precision_reason": run.precision_reason,
-            "feature_cache": args.feature_cache,
-            "steps_per_execution": args.steps_per_execution,
-            "lean_step": args.fast,
-            "strategy": args.strategy,
-            "replicas": 1 if strategy is None else strategy.num_replicas_in_sync,
-        },
+        settings=report_settings(args, run, strategy, resumed, data.is_sample),
         confusion=confusion_matrix(
             run.model, high_test, phase=last.name, batch_size=args.batch_size
         ),

@@ -22,6 +22,7 @@ def tiny(tmp_path):
     return shipped_digits(tmp_path / "tiny.npz", train=300, test=100)
 
 
+@pytest.mark.slow  # 35-45 s of processes: opt in with --run-slow.
 def test_the_benchmark_prints_a_table_of_every_variant(runner, tiny, capsys):
     text = runner.main(["--data", str(tiny), "--repeats", "1", "--epochs", "1"])
 
@@ -94,6 +95,7 @@ def test_the_step_profile_lists_the_steps_operations(whole, capsys):
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
+@pytest.mark.slow  # 35-45 s of processes: opt in with --run-slow.
 def test_the_backbone_benchmark_prints_both_comparisons(capsys):
     backbone = load_script(Path(__file__).parents[1] / "benchmarks" / "backbone.py")
     args = ["--size", "32", "--samples", "64", "--epochs", "1", "--batch-size", "32"]
@@ -151,6 +153,7 @@ def test_the_phase_costs_benchmark_splits_the_fine_tuning_phase(tiny, capsys):
     assert float(rows["the cache's forward pass"]) > 0
 
 
+@pytest.mark.slow  # 35-45 s of processes: opt in with --run-slow.
 def test_the_scaling_benchmark_times_one_device_two_devices_and_two_workers(
     tiny, capsys
 ):

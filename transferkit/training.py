@@ -141,13 +141,8 @@ def train_phase(
     fused = options.lean_step and has_fused_kernel(optimizer)
     plan = _plan_cache(model, options, train, validation, frozen)
     if initial_epoch >= epochs:  # Resumed after its last epoch was saved.
-        return Training(
-            0,
-            _describe_cache(plan, None),
-            0.0,
-            _lean([], fused, optimizer),
-            False,
-        )
+        lean = _lean([], fused, optimizer)
+        return Training(0, _describe_cache(plan, None), 0.0, lean, False)
     given = train, validation
     train, validation = _shard(train, options), _shard(validation, options)
     cache, plan = _build_cache(model, plan, train, validation, options)
@@ -156,18 +151,11 @@ def train_phase(
         if trainer is not model:
             trainer.compile(**compile_args)
         recorder = _EpochRecorder(on_epoch_end)
-        if cache is None and _needs_dataset_loop(*given, options):
-            train, validation = given
-            loop, why = _dataset_loop(trainer, train, validation, callbacks, options)
-        else:
-            loop, why = _in_memory_loop(
-                trainer, train, validation, cache, callbacks, options
-            )
+        loop, why = _loop(trainer, train, validation, cache, callbacks, options, given)
         steps = _epoch_steps(loop, train, validation)
         # The guard sees each epoch before the recorder saves it.
-        guard = EpochGuard(phase, model, steps["steps"])
         phase_callbacks = PhaseCallbacks(
-            [guard, recorder, *callbacks],
+            [EpochGuard(phase, model, steps["steps"]), recorder, *callbacks],
             model=model,
             trainer=trainer,
             verbose=verbose,
@@ -175,30 +163,32 @@ def train_phase(
             **steps,
         )
         with _StopAfterEpoch(recorder):
+            epochs_from = {"initial_epoch": initial_epoch, "epochs": epochs}
             if loop is not None:
-                loop.fit(
-                    epochs=epochs,
-                    initial_epoch=initial_epoch,
-                    callbacks=phase_callbacks,
-                )
+                loop.fit(**epochs_from, callbacks=phase_callbacks)
             else:
                 trainer.fit(
                     **_fit_data(train, validation, cache),
-                    initial_epoch=initial_epoch,
-                    epochs=epochs,
+                    **epochs_from,
                     callbacks=phase_callbacks,
                     verbose=verbose,
                 )
     finally:
         if cache is not None:
             cache.close()
+    lean = _lean(trainer.layers, fused, optimizer)
+    return _summary(plan, cache, lean, recorder.interrupted, why)
+
+
+def _summary(plan, cache, lean: str, interrupted: bool, loop: str) -> Training:
+    """What training did, for the phase's result."""
     return Training(
         cached_layers=plan.layers if cache is not None else 0,
         cache=_describe_cache(plan, cache),
         cache_seconds=cache.seconds if cache is not None else 0.0,
-        lean_step=_lean(trainer.layers, fused, optimizer),
-        interrupted=recorder.interrupted,
-        loop=why,
+        lean_step=lean,
+        interrupted=interrupted,
+        loop=loop,
     )
 
 
@@ -272,6 +262,15 @@ class PhaseCallbacks(keras.callbacks.CallbackList):
     def _pass_stop(self):
         if self.model.stop_training:
             self._trainer.stop_training = True
+
+
+def _loop(trainer, train, validation, cache, callbacks, options, given):
+    """`(loop, why)`: transferkit's loop for a dataset under several workers
+    (which the strategy shards, so it takes the data as `given`) or for data
+    in memory, else `(None, why)`: `fit` trains."""
+    if cache is None and _needs_dataset_loop(*given, options):
+        return _dataset_loop(trainer, *given, callbacks, options)
+    return _in_memory_loop(trainer, train, validation, cache, callbacks, options)
 
 
 def _epoch_steps(loop, train, validation) -> dict[str, int | None]:
