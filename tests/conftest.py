@@ -34,7 +34,10 @@ def pytest_addoption(parser):
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--run-slow"):
         return
-    skip = pytest.mark.skip(reason="full-size training; opt in with --run-slow")
+    skip = pytest.mark.skip(
+        reason="slow (full-size training, or a benchmark end to end); opt in with "
+        "--run-slow"
+    )
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
