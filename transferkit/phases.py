@@ -106,9 +106,9 @@ class Phases:
         if record is not None and record.result is not None:
             return self._replay(record, freeze)
         frozen = self._freeze_for_phase(freeze)
-        record = self._state.start_phase(record, spec, frozen)
-        elapsed = _stopwatch(started, earlier=record.seconds)
         try:
+            record = self._state.start_phase(record, spec, frozen)
+            elapsed = _stopwatch(started, earlier=record.seconds)
             with _backbone_batch_norm(self._model, backbone_batch_norm) as batch_norm:
                 training = self._attempt(
                     record,
@@ -153,6 +153,8 @@ class Phases:
         stopped at once, an error that says what was kept."""
         stopped = str(error) if isinstance(error, NonFiniteError) else ""
         self._state.rollback(stopped)
+        if not self._state.phases:  # The phase's start was never saved.
+            return error
         record = self._state.phases[-1]
         if isinstance(error, NonFiniteError):
             return NonFiniteError(f"{error} {self._state.kept_message(record)}")
