@@ -2,6 +2,7 @@
 the run made, messages that say what is intact, and no leftovers."""
 
 import errno
+import hashlib
 import json
 import os
 import signal
@@ -379,6 +380,9 @@ def test_a_changed_sample_with_the_same_labels_is_a_different_plan(tmp_path):
     x, y = make_data()
     with make_run(tmp_path) as run:
         run.train((x, y), epochs=1)
+    # The labels' digest stays what folders from before recorded.
+    data = state_of(tmp_path)["phases"][0]["spec"]["data"]
+    assert data["labels_sha256"] == hashlib.sha256(y.tobytes()).hexdigest()
     with pytest.raises(CheckpointError, match="differs in data.samples_sha256"):
         make_run(tmp_path).train((x * 255, y), epochs=1)
     keras.utils.set_random_seed(0)

@@ -12,6 +12,7 @@ before Keras sees it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import re
@@ -62,9 +63,17 @@ class PhaseData:
     labels_sha256: str | None
     """SHA-256 of the labels as given; `None` for a dataset."""
 
-    samples_sha256: str | None = None
-    """SHA-256 of the samples' bytes, dtype and shape (about 0.2 s for
-    60,000 MNIST digits in float32); `None` for a dataset."""
+    @functools.cached_property
+    def samples_sha256(self) -> str | None:
+        """SHA-256 of the samples' bytes, dtype and shape; `None` for a
+        dataset. Computed when first asked for (the plan asks for the
+        training data's only): 0.15 s for 60,000 MNIST digits in float32."""
+        if self.is_dataset:
+            return None
+        array = np.ascontiguousarray(self.x)
+        digest = hashlib.sha256(memoryview(array).cast("B"))
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        return digest.hexdigest()
 
     @property
     def is_dataset(self) -> bool:
@@ -164,8 +173,7 @@ def prepare_data(
         samples=len(x),
         classes=classes,
         batch_size=batch_size,
-        labels_sha256=_sha256(y),
-        samples_sha256=_sha256(x),
+        labels_sha256=hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest(),
     )
 
 
@@ -221,14 +229,6 @@ def require_finite(array, what: str, origin=None, chunk: int = 4096) -> None:
             f"at index {bad[0]}{source}. Clean or drop them, or pass "
             "check_finite=False to skip this check."
         )
-
-
-def _sha256(values) -> str:
-    """SHA-256 of an array's bytes, dtype and shape."""
-    array = np.ascontiguousarray(values)
-    digest = hashlib.sha256(memoryview(array).cast("B"))
-    digest.update(f"{array.dtype.str}{array.shape}".encode())
-    return digest.hexdigest()
 
 
 def _check_dataset(dataset: tf.data.Dataset, argument: str) -> None:
