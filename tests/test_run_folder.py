@@ -69,7 +69,7 @@ HOLDER = textwrap.dedent(
     package.__path__ = [{package!r}]
     sys.modules["transferkit"] = package
     from transferkit.run_lock import FolderLock
-    lock = FolderLock(sys.argv[1], None)  # Held while referenced.
+    lock = FolderLock(sys.argv[1])  # Held while referenced.
     lock.acquire()
     print("locked", flush=True)
     time.sleep(60)

@@ -128,6 +128,7 @@ def json_number(value: Any) -> Any:
     return value
 
 
-def dumps(value: Any) -> str:
-    """`value` as strict JSON text (non-finite numbers as strings)."""
-    return json.dumps(strict_json(value), indent=1, allow_nan=False) + "\n"
+def dumps(value: Any, indent: int = 1) -> str:
+    """`value` as strict JSON text (non-finite numbers as strings), with a
+    final newline."""
+    return json.dumps(strict_json(value), indent=indent, allow_nan=False) + "\n"

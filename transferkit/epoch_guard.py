@@ -46,6 +46,7 @@ class EpochGuard(keras.callbacks.Callback):
         self._steps = steps
         self._argument = argument
         self._epoch = 0
+        self._first = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -56,7 +57,7 @@ class EpochGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = _loss(logs)
         if loss is not None and not math.isfinite(loss):
-            first = min(getattr(self, "_first", batch), batch)
+            first = min(self._first, batch)
             steps = (
                 f"at step {batch + 1}"
                 if first == batch

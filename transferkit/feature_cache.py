@@ -32,7 +32,13 @@ import tensorflow as tf
 from transferkit._io import os_error
 from transferkit.run_lock import LOCK_FILE, try_lock
 
-__all__ = ["CachePlan", "CacheTooLarge", "FeatureCache", "plan_cache"]
+__all__ = [
+    "CachePlan",
+    "CacheTooLarge",
+    "FeatureCache",
+    "cache_file_name",
+    "plan_cache",
+]
 
 _FORWARD_BYTES = 2**23
 """Bytes of input per forward pass while filling the cache: 1,024 MNIST
@@ -303,7 +309,7 @@ class FeatureCache:
                 blocks = self._blocks(forward, name, x)
                 if self.folder is not None:
                     stored = FeatureFile(
-                        self.folder / f".transferkit-cache-{name}.bin",
+                        self.folder / cache_file_name(name),
                         self.sample_shape,
                         probe.dtype.as_numpy_dtype,
                     )
@@ -384,6 +390,12 @@ class FeatureCache:
         if self._temporary is not None:
             self._temporary.remove()
             self._temporary = None
+
+
+def cache_file_name(name: str) -> str:
+    """The file of the cached features of `name` (`"train"`,
+    `"validation"`), a name the run folder's clean-up knows as its own."""
+    return f".transferkit-cache-{name}.bin"
 
 
 def _size(nbytes: int) -> str:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from transferkit._io import atomic_write, ensure_writable, json_number, strict_json
+from transferkit._io import atomic_write, dumps, ensure_writable, json_number
 
 if TYPE_CHECKING:  # Reading a report needs neither Keras nor TensorFlow.
     import keras
@@ -248,9 +248,7 @@ def write_report(
             report["figures"] = plots.write_figures(report, directory)
     json_path = directory / REPORT_FILE
     md_path = directory / "report.md"
-    atomic_write(
-        json_path, json.dumps(strict_json(report), indent=2, allow_nan=False) + "\n"
-    )
+    atomic_write(json_path, dumps(report, indent=2))
     atomic_write(md_path, format_markdown(report))
     return json_path, md_path
 

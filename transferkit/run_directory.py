@@ -26,6 +26,7 @@ from transferkit._io import (
     remove_temporaries,
 )
 from transferkit.errors import CheckpointError
+from transferkit.feature_cache import cache_file_name
 from transferkit.run_lock import FolderLock
 from transferkit.run_record import CHECKPOINT_NAME
 
@@ -34,7 +35,7 @@ __all__ = ["CheckpointError", "RunDirectory"]
 STATE_SCHEMA_VERSION = 1
 """Version of the `run.json` layout this transferkit reads and writes."""
 
-CACHE_FILES = (".transferkit-cache-train.bin", ".transferkit-cache-validation.bin")
+CACHE_FILES = tuple(cache_file_name(name) for name in ("train", "validation"))
 """The names of a feature cache's files in a run folder."""
 
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
@@ -89,7 +90,7 @@ class RunDirectory:
             self.writer = False
             self.read_only_reason = error.strerror or str(error)
             return
-        self._lock = FolderLock(self.path, self)
+        self._lock = FolderLock(self.path)
         self._lock.acquire()
 
     def close(self) -> None:

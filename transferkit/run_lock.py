@@ -27,6 +27,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from transferkit._io import os_error
 from transferkit.errors import FolderLockedError
 
 __all__ = ["FolderLock", "FolderLockedError", "try_lock"]
@@ -38,17 +39,15 @@ _HELD: weakref.WeakValueDictionary[str, FolderLock] = weakref.WeakValueDictionar
 
 
 class FolderLock:
-    """The exclusive lock of `folder`, taken by `acquire` for `owner`.
+    """The exclusive lock of `folder`, taken by `acquire`.
 
     Args:
         folder: the run folder (it must exist).
-        owner: the object that writes the folder (a `RunDirectory`).
     """
 
-    def __init__(self, folder: Path, owner: object):
+    def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         self.path = self.folder / LOCK_FILE
-        self.owner = owner
         self._descriptor: int | None = None
         self._pid = os.getpid()
 
@@ -68,19 +67,17 @@ class FolderLock:
             self._descriptor, held._descriptor = held._descriptor, None
             _HELD[key] = self
             return
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            locked = _lock(descriptor)
+            descriptor = _open_locked(self.path)
         except OSError as error:
-            os.close(descriptor)
-            raise type(error)(
+            raise os_error(
+                error,
                 f"Cannot lock the run folder {str(self.folder)!r} "
                 f"({error.strerror or error}): its file system does not support "
                 "file locks. Use a local folder, or a network file system "
-                "that locks (NFS, SMB)."
+                "that locks (NFS, SMB).",
             ) from error
-        if not locked:
-            os.close(descriptor)
+        if descriptor is None:
             raise FolderLockedError(
                 f"The run folder {str(self.folder)!r} is in use by "
                 f"{describe_holder(read_holder(self.path))}: one process "
@@ -121,13 +118,27 @@ class FolderLock:
 
 def try_lock(path: Path) -> int | None:
     """A descriptor holding the lock of the file `path` (created if
-    needed), or `None` if another process holds it."""
+    needed), or `None` if another process holds it or it cannot be locked."""
+    try:
+        return _open_locked(path)
+    except OSError:
+        return None
+
+
+def _open_locked(path: Path) -> int | None:
+    """A descriptor holding the lock of `path` (created if needed), or `None`
+    if another process holds it.
+
+    Raises:
+        OSError: if the file cannot be made or its file system cannot lock.
+    """
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         if _lock(descriptor):
             return descriptor
     except OSError:
-        pass
+        os.close(descriptor)
+        raise
     os.close(descriptor)
     return None
 

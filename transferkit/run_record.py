@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from transferkit._io import json_number, strict_json
+from transferkit._io import json_number
 from transferkit.errors import CheckpointError
 from transferkit.phase_result import PhaseResult
 
@@ -74,6 +74,11 @@ class PhaseRecord:
         """The epochs the plan gives the phase."""
         return self.spec["epochs"]
 
+    @property
+    def summary(self) -> tuple[str, int, int, bool]:
+        """`(name, epochs_done, epochs, finished)`, as `saved_phases` lists it."""
+        return self.name, self.epochs_done, self.epochs, self.result is not None
+
     def to_json(self) -> dict[str, Any]:
         record = {
             "spec": self.spec,
@@ -86,7 +91,7 @@ class PhaseRecord:
         }
         if self.stopped:
             record["stopped"] = self.stopped
-        return strict_json(record)
+        return record
 
 
 @dataclasses.dataclass

@@ -332,9 +332,7 @@ def saved_phases(directory: str | os.PathLike) -> list[tuple[str, int, int, bool
     if state is None:
         return []
     record = RunRecord.from_json(state, repr(str(folder.state_path)))
-    return [
-        (p.name, p.epochs_done, p.epochs, p.result is not None) for p in record.phases
-    ]
+    return [phase.summary for phase in record.phases]
 
 
 def _only_optimizer_settings(recorded: Mapping, current: Mapping) -> bool:

@@ -246,6 +246,7 @@ class TransferRun(Phases):
             checkpoint_every=checkpoint_every,
             writer=distribution.is_chief,
         )
+        self._closed = False
         self._open_folder(directory)
         self._training_options = TrainingOptions(
             precision=policy,
@@ -264,7 +265,6 @@ class TransferRun(Phases):
         """Opens the run folder: the lock first, then the saved state, read
         and checked, with the checkpoint loaded; with several workers, all of
         them compare what they read; only then the clean-up."""
-        self._closed = False
         with self._distribution.scope():
             self._state.open()
         try:
@@ -345,10 +345,7 @@ class TransferRun(Phases):
         run's `directory`, e.g. to tell the user what a rerun resumes. To read
         a folder that another process writes, without a model or a lock,
         use `transferkit.saved_phases(directory)`."""
-        return [
-            (phase.name, phase.epochs_done, phase.epochs, phase.result is not None)
-            for phase in self._state.phases
-        ]
+        return [phase.summary for phase in self._state.phases]
 
     @property
     def frozen_groups(self) -> tuple[str, ...]:
