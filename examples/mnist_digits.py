@@ -259,8 +259,7 @@ def report_settings(args, run, strategy, resumed: bool, sample: bool) -> dict:
         "seed": args.seed,
         "optimizer": f"Adadelta(learning_rate={args.learning_rate})",
         "embedded_sample": sample,
-        # total_seconds covers this invocation only; the phases' seconds
-        # include the sessions before a resume.
+        # total_seconds adds the earlier processes' time on the phases.
         "resumed": resumed,
         "fast": args.fast,
         "precision": run.precision,
@@ -328,7 +327,7 @@ def main(argv=None) -> dict:
     report = build_report(
         run.results,
         dataset=data.source,
-        total_seconds=time.perf_counter() - start,
+        total_seconds=time.perf_counter() - start + run.earlier_seconds,
         settings=report_settings(args, run, strategy, resumed, data.is_sample),
         confusion=confusion_matrix(
             run.model, high_test, phase=last.name, batch_size=args.batch_size

@@ -167,7 +167,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--backbone",
         choices=sorted(BACKBONES),
         default="MobileNetV2",
-        help="the keras.applications backbone (default: MobileNetV2, alpha 0.35)",
+        help="the keras.applications backbone (default: MobileNetV2, alpha 1.0)",
     )
     parser.add_argument(
         "--weights",
@@ -181,7 +181,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--images",
         metavar="DIR",
         help="a folder with one subfolder of images per class, instead of the "
-        "digits 5-9 (80%% to train, 20%% to validate)",
+        "digits 5-9 (80%% to train, 20%% to validate); needs --weights imagenet "
+        "or PATH: the digits do not pretrain a backbone for your images",
     )
     parser.add_argument(
         "--data",
@@ -239,6 +240,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.weights.lower() == "none":
         args.weights = None
+        if args.images:
+            parser.error(
+                "--images needs pretrained weights: with --weights none the "
+                "backbone would stay random, since it is pretrained only on the "
+                "digits, and a head on a random frozen backbone learns next to "
+                "nothing, about chance. Pass --weights "
+                "imagenet (a download) or --weights PATH (a weights file of "
+                "the backbone without its top)."
+            )
     elif args.weights != "imagenet" and not Path(args.weights).is_file():
         parser.error(
             f"--weights: expected imagenet, none or the path of a weights file; "
@@ -348,7 +358,7 @@ def main(argv=None) -> dict:
     report = build_report(
         run.results,
         dataset=source,
-        total_seconds=time.perf_counter() - start,
+        total_seconds=time.perf_counter() - start + run.earlier_seconds,
         settings={
             "backbone": args.backbone,
             "cut": backbone.cut,

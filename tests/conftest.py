@@ -169,3 +169,16 @@ def shipped_digits(path, train, test):
         y_test=sample.y_test[:test],
     )
     return path
+
+
+def image_folder(root, classes=3, per_class=8, size=12):
+    """A folder of class subfolders of small PNG images, as users have."""
+    rng = np.random.default_rng(0)
+    for label in range(classes):
+        folder = root / f"class_{label}"
+        folder.mkdir(parents=True)
+        for index in range(per_class):
+            pixels = rng.integers(0, 60, size=(size, size, 3)) + 60 * label
+            png = tf.io.encode_png(pixels.astype("uint8"))
+            (folder / f"{index}.png").write_bytes(png.numpy())
+    return root

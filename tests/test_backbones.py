@@ -2,6 +2,8 @@
 composed with a new head, saved and loaded, cached at a cut inside the
 backbone, and fine-tuned with their BatchNormalization in inference mode."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from conftest import bitwise_equal
 from keras import layers
 
 from transferkit import LayerGroup, TransferRun
-from transferkit.feature_cache import plan_cache
+from transferkit.cache_plan import plan_cache
 
 SPARSE = "sparse_categorical_crossentropy"
 
@@ -173,6 +175,50 @@ def test_a_users_functional_model_gets_groups_the_same_way():
     )
 
 
+def small_backbone():
+    inputs = keras.Input((6, 6, 3))
+    hidden = layers.Conv2D(4, 3, name="hidden")(inputs)
+    outputs = layers.Conv2D(4, 3, name="out")(hidden)
+    return keras.Model(inputs, outputs, name="small")
+
+
+def test_groups_in_front_of_split_groups_compose_in_any_bracketing():
+    def groups():
+        augment = LayerGroup(
+            "augment",
+            [layers.RandomFlip(), layers.Rescaling(0.5)],
+            input_shape=(6, 6, 3),
+        )
+        bottom, top = LayerGroup.split(
+            small_backbone(), at="hidden", names=["bottom", "top"]
+        )
+        return augment, bottom, top, head()
+
+    augment, bottom, top, last = groups()
+    left = augment + bottom + top + last
+    augment, bottom, top, last = groups()
+    right = augment + (bottom + (top + last))
+    augment, bottom, top, last = groups()
+    middle = (augment + bottom) + (top + last)
+
+    for model in (left, right, middle):
+        assert list(model.groups) == ["augment", "bottom", "top", "head"]
+        assert [type(layer).__name__ for layer in model.layers] == [
+            "RandomFlip",
+            "Rescaling",
+            "Functional",
+            "GlobalAveragePooling2D",
+            "Dense",
+        ]
+    pending = groups()[0] + groups()[1]
+    with pytest.raises(
+        ValueError,
+        match=r"groups \['augment', 'bottom'\] that are not one yet: 1 of the 3 "
+        r"layers of model 'small' are missing",
+    ):
+        TransferRun(pending, optimizer="sgd", loss="mse")
+
+
 def test_a_composed_backbone_saves_and_loads_with_groups_flags_and_predictions(
     tmp_path,
 ):
@@ -272,6 +318,35 @@ def test_backbone_batch_norm_runs_in_inference_mode_unless_asked_to_train(mode):
         bitwise_equal(a, b)
         for a, b in zip(bottom, weights_of(model)[: len(bottom)], strict=True)
     )
+
+
+def test_a_model_saved_after_a_phase_loads_without_warnings(tmp_path):
+    inputs = keras.Input((6, 6, 3))
+    hidden = layers.Conv2D(4, 3, name="hidden")(inputs)
+    outputs = layers.BatchNormalization(name="norm")(layers.Conv2D(4, 3)(hidden))
+    bottom, top = LayerGroup.split(
+        keras.Model(inputs, outputs), at="hidden", names=["bottom", "top"]
+    )
+    model = bottom + top + head()
+    run = TransferRun(
+        model, optimizer="adam", loss=SPARSE, verbose=0, directory=tmp_path / "run"
+    )
+    x, y = images(samples=8)
+    run.fine_tune((x[:, :6, :6], y), freeze="bottom", epochs=1)
+    model.save(tmp_path / "model.keras")
+    run.close()
+
+    for path in [tmp_path / "model.keras", *(tmp_path / "run").glob("checkpoint-*")]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loaded = keras.models.load_model(path)
+        assert [str(w.message) for w in caught] == []
+        assert loaded.get_layer(model.layers[0].name).get_layer("norm").trainable
+        saved = [v.numpy() for v in model.optimizer.variables]
+        assert all(
+            bitwise_equal(np.asarray(a), b.numpy())
+            for a, b in zip(saved, loaded.optimizer.variables, strict=True)
+        ) or path.name.startswith("checkpoint")
 
 
 def test_an_unknown_batch_norm_mode_is_refused():

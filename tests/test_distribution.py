@@ -281,7 +281,7 @@ def test_a_backbone_fine_tunes_at_its_cut_on_two_replicas(strategy):
 
 def test_several_workers_leave_a_cache_too_large_for_memory_unbuilt():
     # Their loop trains from memory alone, so the phase runs uncached.
-    from transferkit.feature_cache import plan_cache
+    from transferkit.cache_plan import plan_cache
     from transferkit.training import TrainingOptions, _build_cache, _shard
 
     distribution = Distribution(None)

@@ -154,8 +154,19 @@ def test_empty_data_is_refused(tmp_path):
     nothing = (
         tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda x, y: y > 99).batch(8)
     )
+    with pytest.raises(ValueError, match="Received a tf.data.Dataset that gave none"):
+        run.train(nothing, epochs=3)  # Read once, before the phase starts.
+    assert transferkit.saved_phases(tmp_path) == []
+    once = iter([(x[:8], y[:8])])  # Its first batch, then nothing in epoch 1.
+    spent = tf.data.Dataset.from_generator(
+        lambda: once,
+        output_signature=(
+            tf.TensorSpec((None, *x.shape[1:]), x.dtype),
+            tf.TensorSpec((None,), y.dtype),
+        ),
+    )
     with pytest.raises(ValueError, match="`data` gave no batches in epoch 1"):
-        run.train(nothing, epochs=3)
+        run.train(spent, epochs=3)
     assert transferkit.saved_phases(tmp_path) == [("train", 0, 3, False)]
 
 

@@ -7,11 +7,19 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import IMAGE_SHAPE, bitwise_equal, make_data, make_model, snapshot
+from conftest import (
+    IMAGE_SHAPE,
+    bitwise_equal,
+    image_folder,
+    make_data,
+    make_model,
+    snapshot,
+)
 from keras import layers
 
 from transferkit import LayerGroup, TransferRun
-from transferkit.feature_cache import FeatureCache, FeatureFile, plan_cache
+from transferkit.cache_plan import plan_cache
+from transferkit.feature_cache import FeatureCache, FeatureFile
 
 SPARSE = "sparse_categorical_crossentropy"
 
@@ -91,6 +99,7 @@ def test_the_cache_stops_before_a_stochastic_layer_in_the_frozen_groups(data):
     assert result.cached_layers == 2
     assert "layers conv2d" in result.cache
     assert "stops before layer 'noisy' (Dropout), which" in result.cache
+    assert result.cache_code == "random_layer"
     assert result.frozen_unchanged is True
 
 
@@ -98,8 +107,10 @@ def test_a_frozen_prefix_that_starts_with_a_stochastic_layer_is_not_cached(data)
     result = fine_tuned(dropout_model(position=0), data, epochs=1)
 
     assert result.cached_layers == 0
+    assert result.cache_code == "random_layer"
     assert result.cache == (
-        "not used: the first frozen layer 'noisy' (Dropout), which draws random numbers"
+        "not used: the first frozen layer 'noisy' (Dropout), which draws random "
+        "numbers in training"
     )
 
 
@@ -110,22 +121,23 @@ def test_frozen_groups_that_do_not_start_the_model_are_not_cached(data):
     result = run.fine_tune(data, freeze=["classifier"], epochs=1)
 
     assert result.cached_layers == 0
+    assert result.cache_code == "frozen_not_first"
     assert result.cache == (
-        "not used: the frozen groups ['classifier'] do not start the model (its "
-        "first group, 'features', trains)"
+        "not used: the frozen groups ['classifier'] do not start the model (group "
+        "'features', before them, trains)"
     )
 
 
 @pytest.mark.parametrize(
-    "layer, why",
+    "layer, code",
     [
-        (layers.GaussianNoise(0.1), "draws random numbers"),
-        (layers.RandomFlip(seed=1), "draws random numbers"),
+        (layers.GaussianNoise(0.1), "random_layer"),
+        (layers.RandomFlip(seed=1), "random_layer"),
         (layers.BatchNormalization(), None),
     ],
     ids=["noise", "augmentation", "frozen_batch_norm"],
 )
-def test_the_plan_names_what_depends_on_training(layer, why):
+def test_the_plan_names_what_depends_on_training(layer, code):
     features = LayerGroup(
         "features", [layer, layers.Flatten()], input_shape=IMAGE_SHAPE
     )
@@ -134,12 +146,13 @@ def test_the_plan_names_what_depends_on_training(layer, why):
 
     plan = plan_cache(model, ["features"])
 
-    if why is None:
+    if code is None:
         assert plan.layers == 2
-        assert plan.reason == "covers the frozen groups"
+        assert plan.code == "covers_frozen"
     else:
         assert plan.layers == 0
-        assert why in plan.reason
+        assert plan.code == code
+        assert "draws random numbers in training" in plan.reason
 
 
 def test_a_dataset_is_not_cached(data):
@@ -149,6 +162,7 @@ def test_a_dataset_is_not_cached(data):
 
     result = run.fine_tune(dataset, freeze=["features"], epochs=1)
 
+    assert result.cache_code == "dataset_not_declared"
     assert result.cache == (
         "not used: `data` is a tf.data.Dataset, which may change from epoch to "
         "epoch; pass cache_datasets=True if it is finite and gives the same "
@@ -169,6 +183,7 @@ def test_a_cache_over_the_memory_bound_goes_to_disk_and_gives_the_same_head(
         heads.append(list(snapshot(model.groups["classifier"].variables).values()))
         where = "in memory" if limit else f"on disk in {str(folder)!r}"
         assert where in result.cache
+        assert result.cache_code == "covers_frozen"
         assert not list(folder.glob("*cache-*"))  # Deleted after the phase.
     for in_memory, on_disk in zip(*heads, strict=True):
         np.testing.assert_allclose(in_memory, on_disk, rtol=1e-5)
@@ -207,19 +222,6 @@ def test_cached_features_equal_the_frozen_layers_in_inference(data):
     np.testing.assert_allclose(cache.features["train"], expected, rtol=1e-6)
     assert cache.nbytes == expected.shape.num_elements() * 4
     cache.close()
-
-
-def image_folder(root, classes=3, per_class=8, size=12):
-    """A folder of class subfolders of small PNG images, as users have."""
-    rng = np.random.default_rng(0)
-    for label in range(classes):
-        folder = root / f"class_{label}"
-        folder.mkdir(parents=True)
-        for index in range(per_class):
-            pixels = rng.integers(0, 60, size=(size, size, 3)) + 60 * label
-            png = tf.io.encode_png(pixels.astype("uint8"))
-            (folder / f"{index}.png").write_bytes(png.numpy())
-    return root
 
 
 def image_model():
@@ -262,7 +264,10 @@ def test_an_image_folder_dataset_is_cached_when_the_user_opts_in(tmp_path):
         cached.cache,
     )
     assert cached.cached_layers == 3
-    assert plain.cache.startswith("not used: `data` is a tf.data.Dataset")
+    assert (cached.cache_code, plain.cache_code) == (
+        "covers_frozen",
+        "dataset_not_declared",
+    )
     assert cached.frozen_unchanged and plain.frozen_unchanged
     # One batch an epoch: the same gradient, summed in another order.
     for a, b in zip(cached_model.weights, plain_model.weights, strict=True):

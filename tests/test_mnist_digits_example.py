@@ -175,7 +175,13 @@ def test_an_unwritable_out_folder_fails_before_training(tmp_path):
 
 @pytest.mark.parametrize(
     "strategy",
-    [[], ["--strategy", "mirrored", "--cpu-devices", 2]],
+    [
+        [],
+        # In-process, test_distribution resumes a mirrored run in 3 s.
+        pytest.param(
+            ["--strategy", "mirrored", "--cpu-devices", 2], marks=pytest.mark.slow
+        ),
+    ],
     ids=["one device", "two logical devices"],
 )
 def test_a_run_killed_in_the_second_phase_resumes_and_finishes(tmp_path, strategy):

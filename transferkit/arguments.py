@@ -56,6 +56,15 @@ def require_flags(**flags: Any) -> None:
 
 
 def check_model(model: Any) -> None:
+    from transferkit.layer_group import GroupChain
+
+    if isinstance(model, GroupChain):
+        raise ValueError(
+            "Expected a model composed from `LayerGroup`s. Received groups "
+            f"{[group.name for group in model.groups]} that are not one yet: "
+            f"{model.missing()} are missing. Add the rest of the groups split "
+            "from it, in their order."
+        )
     groups = getattr(model, "groups", None)
     if not isinstance(model, keras.Model) or not isinstance(groups, Mapping):
         raise TypeError(
@@ -69,8 +78,9 @@ def check_model(model: Any) -> None:
         )
 
 
-def require_choice(value: Any, argument: str, choices: Sequence[str]) -> None:
-    if value not in choices:
+def require_choice(value: Any, argument: str, choices: Sequence[Any]) -> None:
+    # By type too: 1 is not True, 0.0 not False.
+    if not any(type(value) is type(c) and value == c for c in choices):
         raise ValueError(
             f"Unknown `{argument}`. Expected one of {list(choices)}. Received: "
             f"{argument}={value!r}"

@@ -1,13 +1,5 @@
-"""The frozen-prefix feature cache: compute frozen layers once per phase.
-
-When the leading groups of a `Sequential` model are frozen, their output for a
-sample is the same on every step of a phase, provided that no layer among them
-behaves differently in training: a frozen `BatchNormalization` runs in
-inference mode, but a `Dropout`, a `GaussianNoise` or a random augmentation
-layer draws new noise each step. The cache therefore covers the frozen layers
-up to the first layer whose output depends on `training` (or draws random
-numbers); that layer and everything after it run on every step, exactly as
-without the cache.
+"""The feature cache: the output of a model's frozen leading layers for a
+phase's data, computed once (which layers, `transferkit.cache_plan` decides).
 
 The cached outputs live in memory while they fit under a bound, otherwise in
 a file, read back a batch at a time.
@@ -15,8 +7,6 @@ a file, read back a batch at a time.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import math
 import os
 import shutil
@@ -33,11 +23,9 @@ from transferkit._io import os_error
 from transferkit.run_lock import LOCK_FILE, try_lock
 
 __all__ = [
-    "CachePlan",
     "CacheTooLarge",
     "FeatureCache",
     "cache_file_name",
-    "plan_cache",
 ]
 
 _FORWARD_BYTES = 2**23
@@ -47,196 +35,6 @@ its input; larger blocks only cost memory and bandwidth)."""
 
 _FORWARD_LIMITS = (32, 1024)
 """The fewest and the most samples per forward pass."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CachePlan:
-    """Which leading layers of a model a phase can serve from the cache."""
-
-    layers: int
-    """Leading layers of the model's groups whose output is cached (layers
-    of a backbone counted one by one); 0 when the cache cannot be used."""
-
-    reason: str
-    """Why the cache stops where it does, or why it cannot be used."""
-
-    front: tuple[keras.Layer, ...] = ()
-    """What computes the cached features, applied in order: leading layers
-    of the model, the last possibly a model from a backbone's input to the
-    cut."""
-
-    rest: tuple[keras.Layer, ...] = ()
-    """What trains on the features, in order: the rest of the model, the
-    first possibly a model from the cut to the backbone's output."""
-
-    span: str = ""
-    """The first and last cached layer, e.g. `"conv2d..max_pooling2d"`."""
-
-
-def plan_cache(model: keras.Model, frozen: Sequence[str]) -> CachePlan:
-    """The leading layers of `model` a phase can compute once.
-
-    The frozen groups that start the model are covered up to the first
-    layer whose output depends on `training` or on random numbers. Inside a
-    backbone (groups from `LayerGroup.split`), the cache ends at a layer
-    whose output alone carries everything the rest of the backbone needs
-    (a cut crossed by one tensor, such as InceptionV3's `mixedN` or a ResNet
-    stage's output); elsewhere it moves back to the nearest such layer.
-
-    Args:
-        model: a `Sequential` model with `groups`.
-        frozen: names of the groups frozen for the phase.
-
-    Returns:
-        A `CachePlan`; its `layers` is 0 when the frozen groups do not start
-        the model, the model is not a `Sequential`, its first frozen layer
-        depends on `training`, or no cut before it is crossed by one tensor.
-    """
-    if not frozen:
-        return CachePlan(0, "no group is frozen")
-    if not isinstance(model, keras.Sequential):
-        return CachePlan(0, f"the model is a {type(model).__name__}, not a Sequential")
-    prefix = []
-    for name, group in model.groups.items():
-        if name not in frozen:
-            break
-        prefix.extend(group)
-    if not prefix:
-        first = next(iter(model.groups))
-        return CachePlan(
-            0,
-            f"the frozen groups {list(frozen)} do not start the model (its "
-            f"first group, '{first}', trains)",
-        )
-    end, reason = len(prefix), "covers the frozen groups"
-    for index, layer in enumerate(prefix):
-        why = _varies_in_training(layer)
-        if why:
-            stop = f"layer '{layer.name}' ({type(layer).__name__}), which {why}"
-            if index == 0:
-                return CachePlan(0, f"the first frozen {stop}")
-            end, reason = index, f"stops before {stop}"
-            break
-    return _cut(model, prefix, end, reason)
-
-
-def _cut(model: keras.Model, prefix: list, end: int, reason: str) -> CachePlan:
-    """The plan that caches `prefix[:end]`, or less where a backbone's graph
-    is crossed by more than one tensor after `prefix[end - 1]`."""
-    last = prefix[end - 1]
-    outer = list(model.layers)
-    index, backbone = next(
-        (i, layer)
-        for i, layer in enumerate(outer)
-        if layer is last
-        or (isinstance(layer, keras.Model) and any(x is last for x in layer.layers))
-    )
-    inner = list(backbone.layers) if backbone is not last else [last]
-    position = next(j for j, layer in enumerate(inner) if layer is last)
-    if position == len(inner) - 1:  # After a layer of the model, or a whole backbone.
-        return CachePlan(
-            end,
-            reason,
-            tuple(outer[: index + 1]),
-            tuple(outer[index + 1 :]),
-            _span(prefix[:end]),
-        )
-    crossing = _crossing(backbone, position)
-    note = ""
-    if crossing != [last.name]:
-        note = (
-            f"; moved back from '{last.name}', where {len(crossing)} tensors "
-            f"cross the cut (from {crossing})"
-        )
-    for cut in range(position, 0, -1):
-        if _crossing(backbone, cut) != [inner[cut].name]:
-            continue
-        layer = inner[cut]
-        front = keras.Model(backbone.input, layer.output, name=f"{layer.name}_front")
-        rest = keras.Model(layer.output, backbone.output, name=f"{layer.name}_rest")
-        cached = end - (position - cut)
-        return CachePlan(
-            cached,
-            f"ends at '{layer.name}' in '{backbone.name}', {reason}{note}",
-            (*outer[:index], front),
-            (rest, *outer[index + 1 :]),
-            _span(prefix[:cached]),
-        )
-    before = next(i for i, layer in enumerate(prefix) if layer is inner[0])
-    if before == 0:
-        return CachePlan(
-            0,
-            f"no cut in '{backbone.name}' up to '{last.name}' is crossed by "
-            "one tensor alone",
-        )
-    return CachePlan(
-        before,
-        f"stops before '{backbone.name}': no cut in it up to '{last.name}' is "
-        "crossed by one tensor alone",
-        tuple(outer[:index]),
-        tuple(outer[index:]),
-        _span(prefix[:before]),
-    )
-
-
-def _crossing(backbone: keras.Model, cut: int) -> list[str]:
-    """Names of the layers at or before `backbone.layers[cut]` whose outputs
-    the layers after it use (the backbone's output included)."""
-    inner = backbone.layers
-    after = {id(layer) for layer in inner[cut + 1 :]}
-    # The graph's nodes, by Keras' key (a layer may be used in other graphs).
-    nodes = backbone._nodes
-    used = {}
-    for layer in inner[cut + 1 :]:
-        for number, node in enumerate(layer._inbound_nodes):
-            if f"{id(layer)}_ib-{number}" not in nodes:
-                continue
-            for tensor in node.input_tensors:
-                producer = tensor._keras_history[0]
-                if id(producer) not in after:
-                    used[id(producer)] = producer.name
-    for tensor in backbone.outputs:
-        producer = tensor._keras_history[0]
-        if id(producer) not in after:
-            used[id(producer)] = producer.name
-    return list(used.values())
-
-
-def _span(layers) -> str:
-    named = [
-        layer for layer in layers if not isinstance(layer, keras.layers.InputLayer)
-    ]
-    if len(named) == 1:
-        return named[0].name
-    return f"{named[0].name}..{named[-1].name}"
-
-
-# Keras layers whose `call` takes `training` but computes the same either way
-# (Keras 3.15's Dense and EinsumDense accept it and ignore it).
-_SAME_IN_TRAINING = (keras.layers.Dense, keras.layers.EinsumDense)
-
-
-def _varies_in_training(layer: keras.Layer) -> str:
-    """Why `layer` may give other outputs in training than in inference, or
-    '' when it cannot (its `call` takes no `training`, it holds no random
-    seed, or it is a frozen BatchNormalization)."""
-    for sublayer in layer._flatten_layers(include_self=True):
-        if isinstance(sublayer, keras.layers.BatchNormalization):
-            if sublayer.trainable:
-                return "normalizes with batch statistics in training"
-            continue
-        if isinstance(sublayer, keras.Model):
-            continue  # Its layers decide; they are in the walk.
-        if any(
-            isinstance(value, keras.random.SeedGenerator)
-            for value in vars(sublayer).values()
-        ):
-            return "draws random numbers"
-        if type(sublayer) in _SAME_IN_TRAINING:
-            continue
-        if "training" in inspect.signature(sublayer.call).parameters:
-            return "behaves differently in training"
-    return ""
 
 
 class CacheTooLarge(Exception):

@@ -15,7 +15,13 @@ from typing import Any
 
 import keras
 
-__all__ = ["GroupedSequential", "LayerGroup"]
+from transferkit.composition import (
+    check_class_names,
+    model_layers,
+    split_runs,
+)
+
+__all__ = ["GroupChain", "GroupedSequential", "LayerGroup", "compose"]
 
 
 def _is_input_tensor(value: object) -> bool:
@@ -247,10 +253,10 @@ class LayerGroup(Sequence):
     def __iter__(self) -> Iterator[keras.layers.Layer]:
         return iter(self._layers)
 
-    def __add__(self, other: LayerGroup | GroupedSequential) -> GroupedSequential:
-        if isinstance(other, GroupedSequential):
-            return GroupedSequential((self,) + other._layer_groups)
-        return GroupedSequential([self, other])
+    def __add__(
+        self, other: LayerGroup | GroupedSequential | GroupChain
+    ) -> GroupedSequential | GroupChain:
+        return compose((self, *_groups_of(other)))
 
     def __repr__(self) -> str:
         names = ", ".join(layer.name for layer in self._layers)
@@ -328,14 +334,26 @@ class GroupedSequential(keras.Sequential):
         **kwargs,
     ):
         groups = tuple(groups)
-        _check_groups(groups)
-        layers = _model_layers(groups)
+        check_groups(groups)
+        layers = model_layers(groups)
         if groups and groups[0].input_shape is not None:
             layers.insert(0, keras.Input(shape=groups[0].input_shape))
         elif groups and groups[0].source is not None:
             layers.insert(0, keras.Input(shape=groups[0].source.input_shape[1:]))
         super().__init__(layers=layers, name=name, **kwargs)
         self._layer_groups = groups
+        self._class_names: tuple[str, ...] | None = None
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The names of the model's output classes, in order; saved and
+        loaded with the model. `None` until set (a `TransferRun` sets them
+        from its `class_names`, or from a dataset's)."""
+        return self._class_names
+
+    @class_names.setter
+    def class_names(self, names: Sequence[str] | None) -> None:
+        self._class_names = None if names is None else check_class_names(names, self)
 
     @property
     def groups(self) -> Mapping[str, LayerGroup]:
@@ -344,19 +362,46 @@ class GroupedSequential(keras.Sequential):
             {group.name: group for group in self._layer_groups}
         )
 
-    def __add__(self, other: LayerGroup) -> GroupedSequential:
-        return GroupedSequential(self._layer_groups + (other,))
+    def __add__(
+        self, other: LayerGroup | GroupedSequential | GroupChain
+    ) -> GroupedSequential | GroupChain:
+        return compose((*self._layer_groups, *_groups_of(other)))
+
+    def get_compile_config(self):
+        # The variables the optimizer was built for, by position among the
+        # model's weights: a phase may train fewer than are trainable after
+        # it (a backbone's BatchNormalization, frozen for the phase only).
+        config = super().get_compile_config()
+        optimizer = getattr(self, "optimizer", None)
+        if config and optimizer is not None and optimizer.built:
+            position = {id(w): i for i, w in enumerate(self.weights)}
+            trained = [position.get(id(v)) for v in optimizer._trainable_variables]
+            if None not in trained:
+                config["optimizer_variables"] = trained
+        return config
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        trained = config.pop("optimizer_variables", None)
+        if trained is None:
+            return super().compile_from_config(config)
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        weights = self.weights
+        self.optimizer.build([weights[i] for i in trained])
 
     def get_config(self):
         config = super().get_config()
         # A layer of a backbone is named by the backbone and its own name.
         config["groups"] = [_group_config(group) for group in self._layer_groups]
+        if self._class_names is not None:
+            config["class_names"] = list(self._class_names)
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         group_specs = config.pop("groups", [])
+        class_names = config.pop("class_names", None)
         model = super().from_config(config, custom_objects=custom_objects)
         by_name = {layer.name: layer for layer in model.layers}
         groups = []
@@ -378,6 +423,7 @@ class GroupedSequential(keras.Sequential):
                 group = LayerGroup(group_name, layers, input_shape)
             groups.append(group)
         model._layer_groups = tuple(groups)
+        model._class_names = None if class_names is None else tuple(class_names)
         return model
 
     def layer_path(self, layer: keras.Layer) -> tuple[int, ...]:
@@ -393,6 +439,64 @@ class GroupedSequential(keras.Sequential):
         raise ValueError(f"Layer '{layer.name}' is not in model '{self.name}'.")
 
 
+class GroupChain:
+    """Groups added together that do not make a model yet: some of the
+    groups split from a model are still missing (`augment + bottom`, before
+    `+ top + head`). Adding the rest gives the `GroupedSequential`, so that
+    `+` composes in any bracketing."""
+
+    def __init__(self, groups: Sequence[LayerGroup]):
+        self.groups = tuple(groups)
+
+    def __add__(self, other) -> GroupedSequential | GroupChain:
+        return compose((*self.groups, *_groups_of(other)))
+
+    def __radd__(self, other) -> GroupedSequential | GroupChain:
+        return compose((*_groups_of(other), *self.groups))
+
+    def missing(self) -> str:
+        """Which split models' layers are missing, for messages."""
+        return "; ".join(
+            f"{len(run.source.layers) - run.held} of the "
+            f"{len(run.source.layers)} layers of model '{run.source.name}'"
+            for run in split_runs(self.groups)
+            if not run.complete
+        )
+
+    def __repr__(self) -> str:
+        names = [group.name for group in self.groups]
+        return f"GroupChain({names}, missing {self.missing()})"
+
+
+def compose(groups: Sequence[LayerGroup]) -> GroupedSequential | GroupChain:
+    """The model of `groups`, or a `GroupChain` while groups split from a
+    model hold only a stretch of its layers, in order, that groups added on
+    either side may complete.
+
+    Raises:
+        ValueError: for groups that no further groups could make a model of
+            (see `GroupedSequential`).
+    """
+    check_groups(groups)
+    runs = split_runs(groups)
+    sources = [id(run.source) for run in runs]
+    if (
+        len(set(sources)) == len(sources)
+        and any(not run.complete for run in runs)
+        and all(run.extendable for run in runs)
+    ):
+        return GroupChain(groups)
+    return GroupedSequential(groups)  # Complete, or it says what is wrong.
+
+
+def _groups_of(other) -> tuple[LayerGroup, ...]:
+    if isinstance(other, GroupedSequential):
+        return other._layer_groups
+    if isinstance(other, GroupChain):
+        return other.groups
+    return (other,)
+
+
 def _group_config(group: LayerGroup) -> list:
     """`[name, layer names]`; for a group split from a model, each layer as
     `[model name, layer name]`, and the layers' trainable flags."""
@@ -405,47 +509,7 @@ def _group_config(group: LayerGroup) -> list:
     ]
 
 
-def _model_layers(groups: Sequence[LayerGroup]) -> list[keras.Layer]:
-    """The model's layers: each group's layers, or, for groups split from a
-    model, that model once, where its first group stands.
-
-    Raises:
-        ValueError: if the groups split from one model are not all there,
-            together and in their order.
-    """
-    layers: list[keras.Layer] = []
-    position = 0
-    while position < len(groups):
-        if groups[position].source is None:
-            layers.extend(groups[position].layers)
-            position += 1
-            continue
-        source: keras.Model = groups[position].source
-        run = []
-        while position < len(groups) and groups[position].source is source:
-            run.append(groups[position])
-            position += 1
-        held = [layer for group in run for layer in group.layers]
-        if len(held) != len(source.layers) or any(
-            a is not b for a, b in zip(held, source.layers, strict=True)
-        ):
-            raise ValueError(
-                f"The groups split from model '{source.name}' must all be "
-                "composed, next to each other and in their order, so that "
-                "they hold each of its layers once. Received: "
-                f"{[g.name for g in groups]}, of which {[g.name for g in run]} "
-                f"hold {len(held)} of its {len(source.layers)} layers."
-            )
-        if any(layer is source for layer in layers):
-            raise ValueError(
-                f"The groups split from model '{source.name}' must stand next "
-                f"to each other. Received: {[g.name for g in groups]}"
-            )
-        layers.append(source)
-    return layers
-
-
-def _check_groups(groups):
+def check_groups(groups):
     names = set()
     owner = {}
     for index, group in enumerate(groups):

@@ -15,7 +15,7 @@ from transferkit._io import json_number, strict_json
 __all__ = ["PhaseResult"]
 
 # PhaseResult fields held as tuples, stored as JSON lists.
-_TUPLE_FIELDS = ("frozen_groups", "changed_variables", "classes")
+_TUPLE_FIELDS = ("frozen_groups", "changed_variables", "classes", "class_names")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,8 @@ class PhaseResult:
     planned."""
 
     train_samples: int | None
-    """Training samples per epoch; `None` for a `tf.data.Dataset`."""
+    """Training samples per epoch; for a `tf.data.Dataset`, the files of
+    `image_dataset_from_directory` (`None` for other datasets)."""
 
     seconds: float
     """Wall-clock seconds of the whole phase: compile, fit and checks."""
@@ -65,6 +66,10 @@ class PhaseResult:
     """Original class ids of the training data, when it was a
     `ClassSubset`."""
 
+    class_names: tuple[str, ...] | None = None
+    """Names of the model's output classes, in order (from a dataset's
+    `class_names`, or given to the run); `None` when unknown."""
+
     precision: str = "float32"
     """The dtype policy the model computed in (`"float32"`,
     `"mixed_bfloat16"`, `"mixed_float16"`)."""
@@ -96,6 +101,15 @@ class PhaseResult:
     training_loop: str = ""
     """Which loop trained the phase, and why: `"transferkit's, 32 steps per
     call"`, or `"Keras fit: ..."` with the reason."""
+
+    cache_code: str = ""
+    """`cache` as a short code (`"covers_frozen"`, `"random_layer"`,
+    `"dataset_random"`, ...; `transferkit.cache_plan.CODES` lists them);
+    empty in results saved before codes were recorded."""
+
+    training_loop_code: str = ""
+    """`training_loop` as a short code (`"own"`, `"fit_dataset"`, ...;
+    `transferkit.training.LOOP_CODES` lists them)."""
 
     batch_norm: str = ""
     """What the phase did with the BatchNormalization layers of trainable

@@ -21,7 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from transferkit.arguments import require_choice, require_epochs
+from transferkit.arguments import require_choice, require_count, require_epochs
 from transferkit.errors import NonFiniteError
 from transferkit.freeze_proof import changed_variables, count_params
 from transferkit.layer_group import LayerGroup
@@ -78,6 +78,7 @@ class Phases:
         lr_multipliers: Mapping[str, float] | None,
         backbone_batch_norm: str,
         freeze: Sequence[LayerGroup] = (),
+        steps_per_epoch: int | None = None,
     ) -> PhaseResult:
         """One phase, start to end, under the run's strategy; each step is a
         method below. A phase that fails goes back to its last saved epoch,
@@ -88,7 +89,11 @@ class Phases:
         name = self._phase_name(kind, name)
         multipliers = self._check_multipliers(lr_multipliers)
         require_choice(backbone_batch_norm, "backbone_batch_norm", BATCH_NORM)
-        train, validation = self._prepare_phase_data(data, validation_data)
+        if steps_per_epoch is not None:
+            steps_per_epoch = require_count(steps_per_epoch, "steps_per_epoch")
+        train, validation = self._prepare_phase_data(
+            data, validation_data, steps_per_epoch
+        )
         phase_optimizer = self._make_optimizer(optimizer, multipliers)
         spec = phase_spec(
             kind=kind,
@@ -108,6 +113,7 @@ class Phases:
         frozen = self._freeze_for_phase(freeze)
         try:
             record = self._state.start_phase(record, spec, frozen)
+            self._earlier_seconds += record.seconds
             elapsed = _stopwatch(started, earlier=record.seconds)
             with _backbone_batch_norm(self._model, backbone_batch_norm) as batch_norm:
                 training = self._attempt(
@@ -163,18 +169,40 @@ class Phases:
         return error
 
     def _prepare_phase_data(
-        self, data: Data, validation_data: Data | None
+        self, data: Data, validation_data: Data | None, steps_per_epoch: int | None
     ) -> tuple[PhaseData, PhaseData | None]:
-        train = self._prepare(data, "data")
+        train = self._prepare(data, "data", steps_per_epoch)
         validation = (
             None
             if validation_data is None
             else self._prepare(validation_data, "validation_data")
         )
         check_same_classes(train, validation)
+        self._adopt_class_names(train, validation)
         return train, validation
 
-    def _prepare(self, data: Data, argument: str) -> PhaseData:
+    def _adopt_class_names(
+        self, train: PhaseData, validation: PhaseData | None
+    ) -> None:
+        """Gives the model the class names its data carries, or raises if
+        they differ from those it has."""
+        known = getattr(self._model, "class_names", None)
+        for argument, data in (("data", train), ("validation_data", validation)):
+            names = None if data is None else data.class_names
+            if names is None or names == known:
+                continue
+            if known is not None:
+                raise ValueError(
+                    f"`{argument}` has the classes {list(names)}, but the model's "
+                    f"are {list(known)} (given as `class_names`, or from earlier "
+                    "data). Load the data with the same class folders, in "
+                    "`class_names=` order."
+                )
+            self._model.class_names = known = names
+
+    def _prepare(
+        self, data: Data, argument: str, steps_per_epoch: int | None = None
+    ) -> PhaseData:
         return prepare_data(
             data,
             argument,
@@ -182,6 +210,7 @@ class Phases:
             loss=self._loss,
             batch_size=self._batch_size,
             check_finite=self._check_finite,
+            steps_per_epoch=steps_per_epoch,
         )
 
     def _make_optimizer(
@@ -233,6 +262,7 @@ class Phases:
         for group in freeze:
             group.trainable = False
         result = record.result
+        self._earlier_seconds += result.seconds
         self._results.append(result)
         return result
 
@@ -345,6 +375,7 @@ class Phases:
             frozen_unchanged=(not changed) if frozen else None,
             changed_variables=changed,
             classes=train.classes,
+            class_names=getattr(self._model, "class_names", None),
             precision=self._policy,
             steps_per_execution=self._steps_per_execution,
             cached_layers=training.cached_layers,
@@ -352,6 +383,8 @@ class Phases:
             cache_seconds=training.cache_seconds,
             lean_step=training.lean_step,
             training_loop=training.loop,
+            training_loop_code=training.loop_code,
+            cache_code=training.cache_code,
             lr_multipliers=dict(record.spec.get("lr_multipliers", {})),
             batch_norm=batch_norm,
         )

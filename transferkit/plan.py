@@ -130,6 +130,8 @@ def _data_fingerprint(data: PhaseData) -> dict[str, Any]:
     """What identifies a phase's data in a plan: size, classes, and digests
     of the labels and of the samples (every byte of both)."""
     if data.is_dataset:
+        if data.steps_per_epoch is not None:
+            return {"type": "dataset", "steps_per_epoch": data.steps_per_epoch}
         return {"type": "dataset"}
     return {
         "samples": data.samples,

@@ -34,31 +34,47 @@ def write_figures(report: Mapping[str, Any], directory: Path) -> dict[str, str]:
 
 
 def plot_learning_curves(report: Mapping[str, Any]):
-    """Loss and accuracy per epoch, train and validation, a column per phase."""
+    """Loss and accuracy per epoch, train and validation, across all phases
+    on one epoch axis and one scale, each phase's start marked and named."""
     phases = report["phases"]
-    figure, axes = plt.subplots(
-        2, len(phases), figsize=(4.2 * len(phases), 6), squeeze=False
-    )
-    for column, phase in enumerate(phases):
+    figure, axes = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True)
+    start = 0
+    for number, phase in enumerate(phases):
         history = phase["history"]
-        for row, metric in enumerate(("loss", "accuracy")):
-            axis = axes[row][column]
-            for key, label, style in (
-                (metric, "train", "-o"),
-                (f"val_{metric}", "validation", "--s"),
+        epochs = max((len(v) for v in history.values()), default=0)
+        for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
+            for key, label, style, color in (
+                (metric, "train", "-o", "C0"),
+                (f"val_{metric}", "validation", "--s", "C1"),
             ):
                 values = history.get(key)
                 if values:
-                    epochs = range(1, len(values) + 1)
-                    axis.plot(epochs, values, style, label=label, markersize=4)
-            axis.set_xlabel("epoch")
-            axis.set_ylabel(metric)
-            axis.grid(alpha=0.3)
-            if axis.has_data():
-                axis.legend()
-            axis.xaxis.get_major_locator().set_params(integer=True)
+                    axis.plot(
+                        range(start + 1, start + len(values) + 1),
+                        values,
+                        style,
+                        color=color,
+                        label=label if number == 0 else None,
+                        markersize=4,
+                    )
+            if number:
+                axis.axvline(start + 0.5, color="grey", linewidth=0.8)
         frozen = ", ".join(phase["frozen_groups"]) or "nothing"
-        axes[0][column].set_title(f"{phase['name']} (frozen: {frozen})")
+        axes[0].annotate(
+            f"{phase['name']}\n(frozen: {frozen})",
+            xy=(start + 0.6, 1.0),
+            xycoords=("data", "axes fraction"),
+            va="top",
+            fontsize=8,
+        )
+        start += epochs
+    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        axis.set_ylabel(metric)
+        axis.grid(alpha=0.3)
+        if axis.has_data():
+            axis.legend(loc="center right")
+    axes[1].set_xlabel("epoch, all phases")
+    axes[1].xaxis.get_major_locator().set_params(integer=True)
     figure.suptitle(f"Learning curves: {report['dataset']}", fontsize=10)
     figure.tight_layout()
     return figure

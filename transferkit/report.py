@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from transferkit._io import atomic_write, dumps, ensure_writable, json_number
+from transferkit.class_subset import ClassSubset
 
 if TYPE_CHECKING:  # Reading a report needs neither Keras nor TensorFlow.
     import keras
 
-    from transferkit.class_subset import ClassSubset
     from transferkit.phase_result import PhaseResult
 
 __all__ = [
@@ -38,6 +38,7 @@ SCHEMA_VERSION = 1
 meaning or disappears."""
 
 REPORT_FILE = "report.json"
+RUN_FILE = "run.json"  # What a TransferRun keeps in its folder.
 
 
 class ReportError(ValueError):
@@ -102,15 +103,25 @@ def build_report(
 
 
 def confusion_matrix(
-    model: keras.Model, subset: ClassSubset, *, phase: str, batch_size: int = 128
+    model: keras.Model,
+    data: ClassSubset | tuple | Any,
+    *,
+    phase: str,
+    batch_size: int = 128,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Counts of true against predicted class on `subset`, in original ids.
+    """Counts of true against predicted class on `data`.
 
     Args:
-        model: a classifier whose output width is `subset.num_classes`.
-        subset: labelled data, e.g. the final phase's test subset.
+        model: a classifier, one output per class.
+        data: labelled data: a `ClassSubset` (classes shown by their original
+            ids), an `(x, y)` tuple of arrays, or a batched `tf.data.Dataset`
+            of `(x, y)`, its labels class ids or one-hot rows.
         phase: the name of the phase the matrix belongs to.
-        batch_size: samples per forward pass. Defaults to `128`.
+        batch_size: samples per forward pass for arrays. Defaults to `128`.
+        class_names: the classes' names, for the labels. Defaults to `None`:
+            the model's `class_names`, else a `ClassSubset`'s original ids,
+            else 0, 1, ...
 
     Returns:
         `{"phase", "classes", "matrix"}`: `matrix[i][j]` counts samples of
@@ -121,26 +132,49 @@ def confusion_matrix(
     # A plain forward pass rather than `predict`, which under a multi-worker
     # strategy gathers its outputs across the workers.
     forward = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1))
-    predicted = np.concatenate(
-        [
-            forward(tf.constant(subset.x[start : start + batch_size])).numpy()
-            for start in range(0, len(subset.x), batch_size)
-        ]
-    )
-    size = subset.num_classes
-    matrix = np.bincount(subset.y * size + predicted, minlength=size * size)
+    if isinstance(data, tf.data.Dataset):
+        batches = [(forward(x).numpy(), _class_ids(y)) for x, y, *_ in data]
+        predicted = np.concatenate([p for p, _ in batches])
+        truth = np.concatenate([t for _, t in batches])
+    else:
+        x, y = (data.x, data.y) if isinstance(data, ClassSubset) else data
+        predicted = np.concatenate(
+            [
+                forward(tf.constant(x[start : start + batch_size])).numpy()
+                for start in range(0, len(x), batch_size)
+            ]
+        )
+        truth = _class_ids(y)
+    if isinstance(data, ClassSubset):
+        size = data.num_classes
+    elif getattr(model, "built", False) and getattr(model, "outputs", None):
+        size = int(model.output_shape[-1])
+    else:
+        size = int(max(truth.max(), predicted.max())) + 1
+    matrix = np.bincount(truth * size + predicted, minlength=size * size)
+    names = class_names or getattr(model, "class_names", None)
+    if names is None:
+        names = data.classes if isinstance(data, ClassSubset) else range(size)
     return {
         "phase": phase,
-        "classes": list(subset.classes),
+        "classes": list(names),
         "matrix": matrix.reshape(size, size).tolist(),
     }
+
+
+def _class_ids(y) -> np.ndarray:
+    """Class ids from ids or one-hot rows."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        return y.argmax(axis=1)
+    return y.reshape(-1).astype(np.int64)
 
 
 def phase_rows(phase: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The label and value rows that describe one phase of a report."""
     history = phase.get("history") or {}
     rows = [
-        ("classes", _classes(phase["classes"])),
+        ("classes", _classes(phase["classes"], phase.get("class_names"))),
         ("train samples", _number(phase["train_samples"])),
         ("epochs", _epochs(phase)),
         ("seconds", f"{phase['seconds']:.1f}"),
@@ -157,8 +191,10 @@ def phase_rows(phase: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("precision", phase.get("precision", "float32")),
         ("feature cache", phase.get("cache") or "not recorded"),
         ("lean step", phase.get("lean_step") or "off"),
-        ("steps per execution", str(phase.get("steps_per_execution", 1))),
     ]
+    # transferkit's loop says its own steps per call, in its row.
+    if not str(phase.get("training_loop", "")).startswith("transferkit's"):
+        rows.append(("steps per execution", str(phase.get("steps_per_execution", 1))))
     # Shown only for the phases that use them (or record them).
     if phase.get("training_loop"):
         rows.append(("training loop", phase["training_loop"]))
@@ -263,11 +299,13 @@ def load_report(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     if path.is_dir():
+        if not (path / REPORT_FILE).is_file() and (path / RUN_FILE).is_file():
+            return _report_of_run_folder(path)
         path = path / REPORT_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"No report at {str(path)!r}. Expected a run folder holding "
-            f"{REPORT_FILE}, or the file itself."
+            f"{REPORT_FILE} or {RUN_FILE}, or the file itself."
         )
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
@@ -293,7 +331,9 @@ def _multipliers(multipliers: Mapping[str, float]) -> str:
     return ", ".join(f"{name} x{value:g}" for name, value in multipliers.items())
 
 
-def _classes(classes) -> str:
+def _classes(classes, names=None) -> str:
+    if names:
+        return ", ".join(names)
     if not classes:
         return "-"
     classes = list(classes)
@@ -329,3 +369,22 @@ def _verdict(phase) -> str:
     if phase["frozen_unchanged"]:
         return "unchanged (bitwise)"
     return "CHANGED: " + ", ".join(phase["changed_variables"])
+
+
+def _report_of_run_folder(folder: Path) -> dict[str, Any]:
+    """The report of the finished phases a `TransferRun` folder records in
+    its `run.json` (a folder that no example wrote a report for)."""
+    from transferkit.run_record import RunRecord
+
+    path = folder / RUN_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        record = RunRecord.from_json(state, repr(str(path)))
+    except (UnicodeDecodeError, ValueError) as error:  # JSON's and the record's.
+        raise ReportError(f"{str(path)!r} cannot be read: {error}") from error
+    results = [phase.result for phase in record.phases if phase.result is not None]
+    return build_report(
+        results,
+        dataset=f"the run folder {str(folder)!r} ({RUN_FILE}: its finished phases)",
+        total_seconds=sum(result.seconds for result in results),
+    )

@@ -12,7 +12,9 @@ groups run from the bottom (the input side) to the head, its last group:
 
 Each stage is a phase of the run with its own `PhaseResult`, freeze proof,
 checkpoints and resume: calling the same schedule again with the same run
-folder skips the finished stages and resumes the interrupted one.
+folder skips the finished stages and resumes the interrupted one. Groups
+with nothing to train (preprocessing, augmentation) are no stage of their
+own and take no rung of the learning rates.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from transferkit.layer_behaviour import trains_nothing
 from transferkit.phase_result import PhaseResult
 from transferkit.training_data import Data
 from transferkit.transfer_run import TransferRun
@@ -96,7 +99,7 @@ def head_then_all(
     Returns:
         The two stages' results.
     """
-    names = list(run.model.groups)
+    names = _with_weights(run)
     below = _below(names)
     first = run.fine_tune(
         data,
@@ -106,7 +109,7 @@ def head_then_all(
         name="head",
         **phase_options,
     )
-    run.unfreeze(*names)
+    run.unfreeze(*run.model.groups)
     second = run.train(
         data,
         epochs=epochs,
@@ -151,8 +154,7 @@ def gradual_unfreezing(
     Raises:
         ValueError: if `stages` is not between 1 and the number of groups.
     """
-    names = list(run.model.groups)
-    below = _below(names)
+    below = _below(_with_weights(run))
     stages = len(below) + 1 if stages is None else stages
     if (
         isinstance(stages, bool)
@@ -171,6 +173,14 @@ def gradual_unfreezing(
         run.unfreeze(group)
         results.append(run.train(data, name=f"unfreeze_{group}", **options))
     return results
+
+
+def _with_weights(run: TransferRun) -> list[str]:
+    """The groups of the run's model with something to train, in order:
+    preprocessing and augmentation groups are no stage and take no rung."""
+    return [
+        name for name, group in run.model.groups.items() if not trains_nothing(group)
+    ]
 
 
 def _below(names: list[str]) -> list[str]:

@@ -16,28 +16,38 @@ then stops; a second one stops at once.
 from __future__ import annotations
 
 import dataclasses
-import signal
-import sys
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from transferkit.cache_plan import CachePlan, plan_phase_cache
 from transferkit.distribution import Distribution
 from transferkit.epoch_guard import EpochGuard
-from transferkit.feature_cache import CachePlan, CacheTooLarge, FeatureCache, plan_cache
+from transferkit.feature_cache import CacheTooLarge, FeatureCache
 from transferkit.lean_step import LeanDropout, LeanSoftmax, lean_layers
 from transferkit.loop import DEFAULT_STEPS_PER_CALL, DatasetLoop, InMemoryLoop
 from transferkit.optimizers import has_fused_kernel
+from transferkit.phase_callbacks import (
+    EpochHook,
+    EpochRecorder,
+    PhaseCallbacks,
+    StopAfterEpoch,
+)
 from transferkit.training_data import PhaseData
 
-__all__ = ["PhaseCallbacks", "Training", "TrainingOptions", "train_phase"]
+__all__ = ["LOOP_CODES", "Training", "TrainingOptions", "train_phase"]
 
-EpochHook = Callable[[int, Mapping[str, Any], bool], None]
-"""Called after every epoch with `(epoch, logs, interrupted)`."""
+LOOP_CODES = {
+    "own": "transferkit's loop, on data in memory",
+    "own_sharded_dataset": "transferkit's loop, on a dataset the strategy "
+    "shards (several workers)",
+    "fit_requested": "Keras fit: training_loop='fit'",
+    "fit_cache_on_disk": "Keras fit: the feature cache is on disk",
+    "fit_dataset": "Keras fit: the data is a tf.data.Dataset",
+}
+"""What each `Training.loop_code` (`PhaseResult.training_loop_code`) means."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +69,10 @@ class TrainingOptions:
     lean_step: bool
     """Train with `LeanDropout` and fused optimizer updates."""
 
-    cache_datasets: bool = False
+    cache_datasets: bool | str = False
     """Whether a finite `tf.data.Dataset` may be cached: read once, its
-    features served every epoch."""
+    features served every epoch; `"deterministic"` also where its pipeline
+    has random operations."""
 
     training_loop: str = "auto"
     """`"auto"`: transferkit's own loop for data in memory, else `fit`;
@@ -98,6 +109,12 @@ class Training:
     loop: str = ""
     """Which loop trained, and why (e.g. `"transferkit's, 32 steps per
     call"`, `"Keras fit: `data` is a tf.data.Dataset"`)."""
+
+    cache_code: str = ""
+    """`cache` as a code of `transferkit.cache_plan.CODES`."""
+
+    loop_code: str = ""
+    """`loop` as a code of `LOOP_CODES`."""
 
 
 def train_phase(
@@ -141,17 +158,17 @@ def train_phase(
     fused = options.lean_step and has_fused_kernel(optimizer)
     plan = _plan_cache(model, options, train, validation, frozen)
     if initial_epoch >= epochs:  # Resumed after its last epoch was saved.
-        lean = _lean([], fused, optimizer)
-        return Training(0, _describe_cache(plan, None), 0.0, lean, False)
+        return _summary(plan, None, _lean([], fused, optimizer), False, ("", ""))
+    _announce(verbose, phase, model, frozen, epochs, initial_epoch, plan)
     given = train, validation
     train, validation = _shard(train, options), _shard(validation, options)
-    cache, plan = _build_cache(model, plan, train, validation, options)
+    cache, plan = _build_cache(model, plan, train, validation, options, verbose)
     try:
         trainer = _trainer(model, plan.rest if cache else model.layers, cache, options)
         if trainer is not model:
             trainer.compile(**compile_args)
-        recorder = _EpochRecorder(on_epoch_end)
-        loop, why = _loop(trainer, train, validation, cache, callbacks, options, given)
+        recorder = EpochRecorder(on_epoch_end)
+        loop, *why = _loop(trainer, train, validation, cache, callbacks, options, given)
         steps = _epoch_steps(loop, train, validation)
         # The guard sees each epoch before the recorder saves it.
         phase_callbacks = PhaseCallbacks(
@@ -162,7 +179,7 @@ def train_phase(
             epochs=epochs,
             **steps,
         )
-        with _StopAfterEpoch(recorder):
+        with StopAfterEpoch(recorder):
             epochs_from = {"initial_epoch": initial_epoch, "epochs": epochs}
             if loop is not None:
                 loop.fit(**epochs_from, callbacks=phase_callbacks)
@@ -180,94 +197,25 @@ def train_phase(
     return _summary(plan, cache, lean, recorder.interrupted, why)
 
 
-def _summary(plan, cache, lean: str, interrupted: bool, loop: str) -> Training:
-    """What training did, for the phase's result."""
+def _summary(plan, cache, lean: str, interrupted: bool, loop) -> Training:
+    """What training did, for the phase's result; `loop` is `(why, code)`."""
     return Training(
         cached_layers=plan.layers if cache is not None else 0,
         cache=_describe_cache(plan, cache),
         cache_seconds=cache.seconds if cache is not None else 0.0,
         lean_step=lean,
         interrupted=interrupted,
-        loop=loop,
+        loop=loop[0],
+        cache_code=plan.code,
+        loop_code=loop[1],
     )
 
 
-class PhaseCallbacks(keras.callbacks.CallbackList):
-    """A phase's callbacks, as `fit` would list them (with `History` and the
-    progress bar), but bound to the user's `model` while `trainer` trains.
-
-    Batch numbers are clipped to the epoch's `steps` (and the validation's
-    `validation_steps`): with several steps per execution, `fit` numbers a
-    call's batches as if every call were full. A `stop_training` that a
-    callback sets on `model` is passed on to `trainer`.
-
-    Args:
-        callbacks: the callbacks, in order.
-        model: what the callbacks see as `self.model`.
-        trainer: the model whose `fit` calls them.
-        verbose: `fit`'s verbosity; 0 shows no progress bar.
-        epochs: the phase's last epoch.
-        steps: batches per epoch; `None` when unknown.
-        validation_steps: batches per validation; `None` when unknown.
-    """
-
-    def __init__(
-        self,
-        callbacks: Sequence[keras.callbacks.Callback],
-        *,
-        model: keras.Model,
-        trainer: keras.Model,
-        verbose: str | int,
-        epochs: int,
-        steps: int | None,
-        validation_steps: int | None = None,
-    ):
-        super().__init__(
-            list(callbacks),
-            add_history=True,
-            add_progbar=verbose != 0,
-            model=model,
-            verbose=verbose,
-            epochs=epochs,
-            steps=steps,
-        )
-        self._trainer = trainer
-        self._steps = steps
-        self._validation_steps = validation_steps
-        if trainer is not model:
-            trainer.history = model.history  # `fit` returns it.
-
-    def on_train_begin(self, logs=None):
-        self.model.stop_training = False
-        super().on_train_begin(logs)
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._pass_stop()
-        super().on_train_batch_begin(_clip(batch, self._steps), logs)
-
-    def on_train_batch_end(self, batch, logs=None):
-        super().on_train_batch_end(_clip(batch, self._steps), logs)
-        self._pass_stop()
-
-    def on_test_batch_begin(self, batch, logs=None):
-        super().on_test_batch_begin(_clip(batch, self._validation_steps), logs)
-
-    def on_test_batch_end(self, batch, logs=None):
-        super().on_test_batch_end(_clip(batch, self._validation_steps), logs)
-
-    def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
-        self._pass_stop()
-
-    def _pass_stop(self):
-        if self.model.stop_training:
-            self._trainer.stop_training = True
-
-
 def _loop(trainer, train, validation, cache, callbacks, options, given):
-    """`(loop, why)`: transferkit's loop for a dataset under several workers
-    (which the strategy shards, so it takes the data as `given`) or for data
-    in memory, else `(None, why)`: `fit` trains."""
+    """`(loop, why, code)`: transferkit's loop for a dataset under several
+    workers (which the strategy shards, so it takes the data as `given`) or
+    for data in memory, else `(None, why, code)`: `fit` trains. The codes are
+    those of `LOOP_CODES`."""
     if cache is None and _needs_dataset_loop(*given, options):
         return _dataset_loop(trainer, *given, callbacks, options)
     return _in_memory_loop(trainer, train, validation, cache, callbacks, options)
@@ -283,21 +231,17 @@ def _epoch_steps(loop, train, validation) -> dict[str, int | None]:
     return {"steps": train.steps, "validation_steps": held}
 
 
-def _clip(batch: int, steps: int | None) -> int:
-    return batch if steps is None else min(batch, steps - 1)
-
-
 def _in_memory_loop(trainer, train, validation, cache, callbacks, options):
-    """`(InMemoryLoop, why)` when the phase's data is in memory, else
-    `(None, why)`: `fit` trains."""
+    """`(InMemoryLoop, why, code)` when the phase's data is in memory, else
+    `(None, why, code)`: `fit` trains."""
     distribution = options.distribution
     if options.training_loop == "fit":
-        return None, "Keras fit: training_loop='fit'"
+        return None, "Keras fit: training_loop='fit'", "fit_requested"
     if cache is not None and cache.on_disk:
-        return None, "Keras fit: the feature cache is on disk"
+        return None, "Keras fit: the feature cache is on disk", "fit_cache_on_disk"
     for name, data in (("data", train), ("validation_data", validation)):
         if cache is None and data is not None and data.is_dataset:
-            return None, f"Keras fit: `{name}` is a tf.data.Dataset"
+            return None, f"Keras fit: `{name}` is a tf.data.Dataset", "fit_dataset"
     steps = _steps_per_call(callbacks, options)
     if cache is None:
         x, y, batch_size = train.x, train.y, train.batch_size
@@ -320,7 +264,7 @@ def _in_memory_loop(trainer, train, validation, cache, callbacks, options):
         validation=held,
         distribution=distribution,
     )
-    return loop, _describe_loop(loop, distribution.describe())
+    return loop, _describe_loop(loop, distribution.describe()), "own"
 
 
 def _steps_per_call(callbacks, options) -> int:
@@ -340,8 +284,15 @@ def _needs_dataset_loop(train, validation, options) -> bool:
 
 
 def _dataset_loop(trainer, train, validation, callbacks, options):
-    """`(DatasetLoop, why)` for a multi-worker phase with a dataset, whose
+    """`(DatasetLoop, why, code)` for a multi-worker phase with a dataset, whose
     strategy shards it; arrays beside it go in as a dataset too."""
+    if train.steps_per_epoch is not None:
+        raise ValueError(
+            "transferkit's loop for several workers reads a dataset to its "
+            "end each epoch; it takes no steps_per_epoch. Pass a finite "
+            f"dataset (e.g. `dataset.take({train.steps_per_epoch})`). Received: "
+            f"steps_per_epoch={train.steps_per_epoch}"
+        )
     train = train.as_dataset(shuffle=True)
     if validation is not None:
         validation = validation.as_dataset(shuffle=False)
@@ -353,7 +304,7 @@ def _dataset_loop(trainer, train, validation, callbacks, options):
         distribution=options.distribution,
     )
     where = f"{options.distribution.describe()}; the dataset sharded by the strategy"
-    return loop, _describe_loop(loop, where)
+    return loop, _describe_loop(loop, where), "own_sharded_dataset"
 
 
 def _describe_loop(loop, where: str) -> str:
@@ -392,25 +343,45 @@ def _watches_batches(callback) -> bool:
 
 
 def _plan_cache(model, options, train, validation, frozen) -> CachePlan:
-    if not options.feature_cache:
-        return CachePlan(0, "turned off (feature_cache=False)")
-    for argument, data in (("data", train), ("validation_data", validation)):
-        if data is None or not data.is_dataset:
-            continue
-        if not options.cache_datasets:
-            return CachePlan(
-                0,
-                f"`{argument}` is a tf.data.Dataset, which may change from epoch "
-                "to epoch; pass cache_datasets=True if it is finite and gives "
-                "the same samples every epoch",
-            )
-        if data.x.cardinality() == tf.data.INFINITE_CARDINALITY:
-            return CachePlan(0, f"`{argument}` is an endless tf.data.Dataset")
-    return plan_cache(model, frozen)
+    if options.feature_cache and train.steps_per_epoch is not None:
+        return CachePlan(
+            0,
+            "`data` is read steps_per_epoch batches an epoch, not once",
+            "dataset_steps",
+        )
+    data = {"data": train.x}
+    if validation is not None:
+        data["validation_data"] = validation.x
+    return plan_phase_cache(
+        model,
+        frozen,
+        data,
+        enabled=options.feature_cache,
+        cache_datasets=options.cache_datasets,
+    )
+
+
+def _announce(verbose, phase, model, frozen, epochs, initial_epoch, plan) -> None:
+    """Prints the line that opens a phase's progress output, unless quiet."""
+    if verbose == 0:
+        return
+    done = f", resumed after epoch {initial_epoch}" if initial_epoch else ""
+    trains = [name for name in model.groups if name not in frozen]
+    cache = (
+        f"layers {plan.span} computed once ({plan.reason})"
+        if plan.layers
+        else f"not used ({plan.reason})"
+    )
+    print(
+        f"Phase '{phase}': {epochs} epoch{'s' * (epochs != 1)}{done}; frozen: "
+        f"{', '.join(frozen) or 'nothing'}; trains: {', '.join(trains)}; "
+        f"feature cache: {cache}",
+        flush=True,
+    )
 
 
 def _build_cache(
-    model, plan, train, validation, options
+    model, plan, train, validation, options, verbose=0
 ) -> tuple[FeatureCache | None, CachePlan]:
     """The features of the cached layers for the phase's arrays (or `None`),
     and the plan they follow: with several workers, a cache that would not
@@ -420,6 +391,8 @@ def _build_cache(
     arrays = {"train": train.x}
     if validation is not None:
         arrays["validation"] = validation.x
+    if verbose != 0:
+        print(f"Computing the feature cache (layers {plan.span})...", flush=True)
     try:
         cache = FeatureCache(
             plan.front,
@@ -433,6 +406,12 @@ def _build_cache(
             0,
             f"{error}; transferkit's loop, which trains every multi-worker run, "
             "takes its data from memory: raise `feature_cache_memory` to cache",
+            "too_large",
+        )
+    if verbose != 0:
+        print(
+            f"Feature cache ready in {cache.seconds:.1f} s: {cache.describe()}",
+            flush=True,
         )
     return cache, plan
 
@@ -470,6 +449,7 @@ def _fit_data(train, validation, cache) -> dict[str, Any]:
             "validation_data": validation.for_fit() if validation else None,
             # A dataset shuffles itself; Keras warns if asked to.
             "shuffle": isinstance(train.x, np.ndarray),
+            "steps_per_epoch": train.steps_per_epoch,
         }
     arguments = {"x": _cached(cache, "train", train, shuffle=True), "shuffle": False}
     if validation is not None:
@@ -508,48 +488,3 @@ def _lean(layers, fused: bool, optimizer) -> str:
         + [f"{softmaxes} softmax from exp and sums"] * bool(softmaxes)
         + [f"fused {type(optimizer).__name__} updates"] * fused
     )
-
-
-class _EpochRecorder(keras.callbacks.Callback):
-    """Hands each epoch's logs to the run, and stops after an interrupted
-    epoch."""
-
-    def __init__(self, on_epoch_end: EpochHook):
-        super().__init__()
-        self._on_epoch_end = on_epoch_end
-        self.interrupted = False
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._on_epoch_end(epoch, dict(logs or {}), self.interrupted)
-        if self.interrupted:
-            self.model.stop_training = True
-
-
-class _StopAfterEpoch:
-    """While active, the first Ctrl-C asks `recorder` to stop after the
-    current epoch; a second one interrupts at once."""
-
-    def __init__(self, recorder: _EpochRecorder):
-        self.recorder = recorder
-        self.previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc_info):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-        return False
-
-    def _handle(self, signum, frame):
-        if self.recorder.interrupted:
-            raise KeyboardInterrupt
-        self.recorder.interrupted = True
-        print(
-            "\nInterrupted: finishing and saving this epoch; press Ctrl-C again "
-            "to stop at once.",
-            file=sys.stderr,
-            flush=True,
-        )

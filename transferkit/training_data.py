@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from transferkit.class_subset import ClassSubset
+from transferkit.dataset_checks import check_dataset, class_names_of, prepare_dataset
 
 __all__ = [
     "Data",
@@ -63,6 +64,13 @@ class PhaseData:
     labels_sha256: str | None
     """SHA-256 of the labels as given; `None` for a dataset."""
 
+    steps_per_epoch: int | None = None
+    """Batches per epoch of a dataset, when given (`steps_per_epoch`)."""
+
+    class_names: tuple[str, ...] | None = None
+    """The class names a dataset carries (`class_names` of
+    `image_dataset_from_directory`), or `None`."""
+
     @functools.cached_property
     def samples_sha256(self) -> str | None:
         """SHA-256 of the samples' bytes, dtype and shape; `None` for a
@@ -82,6 +90,8 @@ class PhaseData:
     @property
     def steps(self) -> int | None:
         """Batches per epoch; `None` when a dataset does not know its length."""
+        if self.steps_per_epoch is not None:
+            return self.steps_per_epoch
         if self.samples is not None and self.batch_size:
             return math.ceil(self.samples / self.batch_size)
         cardinality = int(self.x.cardinality())
@@ -111,6 +121,7 @@ def prepare_data(
     loss: Any,
     batch_size: int,
     check_finite: bool = False,
+    steps_per_epoch: int | None = None,
 ) -> PhaseData:
     """Checks `data` and makes it ready to train `model` with `loss`.
 
@@ -126,6 +137,9 @@ def prepare_data(
         batch_size: samples per step for arrays.
         check_finite: look for NaN and infinity in float arrays. Defaults to
             `False`.
+        steps_per_epoch: batches per epoch of a dataset (`fit`'s
+            `steps_per_epoch`); required for an endless one. Defaults to
+            `None`: one pass over the dataset.
 
     Raises:
         TypeError: for data of another kind, or samples or labels that are
@@ -135,10 +149,13 @@ def prepare_data(
             infinite values.
     """
     if isinstance(data, tf.data.Dataset):
-        _check_dataset(data, argument)
-        _ensure_built(model, data.element_spec[0].shape[1:])
-        dataset = _prepare_dataset(data, argument, model, loss)
-        return PhaseData(dataset, None, None, None, None, None)
+        return _from_dataset(data, argument, model, loss, steps_per_epoch)
+    if steps_per_epoch is not None:
+        raise ValueError(
+            f"`steps_per_epoch` is for a tf.data.Dataset; `{argument}` holds "
+            "arrays, whose epoch is every sample once. Received: "
+            f"steps_per_epoch={steps_per_epoch}"
+        )
     if isinstance(data, ClassSubset):
         x, y, classes = data.x, data.y, data.classes
     elif isinstance(data, tuple) and len(data) == 2:
@@ -175,6 +192,39 @@ def prepare_data(
         batch_size=batch_size,
         labels_sha256=hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest(),
     )
+
+
+def _from_dataset(data, argument, model, loss, steps_per_epoch) -> PhaseData:
+    if isinstance(data.element_spec, tuple):
+        _ensure_built(model, data.element_spec[0].shape[1:])
+    one_hot = expects_one_hot(loss)
+    check_dataset(
+        data,
+        argument,
+        model=model,
+        loss=loss_name(loss),
+        one_hot=one_hot,
+        steps_per_epoch=steps_per_epoch,
+    )
+    return PhaseData(
+        prepare_dataset(data, argument, model, one_hot),
+        None,
+        samples=_file_count(data, steps_per_epoch),
+        classes=None,
+        batch_size=None,
+        labels_sha256=None,
+        steps_per_epoch=steps_per_epoch,
+        class_names=class_names_of(data),
+    )
+
+
+def _file_count(dataset, steps_per_epoch) -> int | None:
+    """Samples per epoch of a dataset of files (`file_paths`, as
+    `image_dataset_from_directory` sets it) read once an epoch; else `None`."""
+    paths = getattr(dataset, "file_paths", None)
+    if steps_per_epoch is not None or not isinstance(paths, list):
+        return None
+    return len(paths)
 
 
 def check_same_classes(train: PhaseData, validation: PhaseData | None) -> None:
@@ -228,20 +278,6 @@ def require_finite(array, what: str, origin=None, chunk: int = 4096) -> None:
             f"sample{'s' if len(bad) > 1 else ''}, the first "
             f"at index {bad[0]}{source}. Clean or drop them, or pass "
             "check_finite=False to skip this check."
-        )
-
-
-def _check_dataset(dataset: tf.data.Dataset, argument: str) -> None:
-    spec = dataset.element_spec
-    if not isinstance(spec, tuple) or len(spec) < 2:
-        raise TypeError(
-            f"Expected `{argument}` to yield (x, y) batches. Received a "
-            f"dataset with element_spec={spec}"
-        )
-    if int(dataset.cardinality()) == 0:
-        raise ValueError(
-            f"Expected `{argument}` to yield at least one batch. Received an "
-            "empty tf.data.Dataset (cardinality 0)"
         )
 
 
@@ -329,26 +365,3 @@ def _prepare_labels(y, argument: str, model: keras.Model, loss):
     if expects_one_hot(loss):
         return keras.utils.to_categorical(y, width).astype("float32")
     return y
-
-
-def _prepare_dataset(dataset, argument: str, model: keras.Model, loss):
-    y_spec = dataset.element_spec[1]
-    if not (
-        expects_one_hot(loss) and y_spec.dtype.is_integer and y_spec.shape.rank == 1
-    ):
-        return dataset
-    width = int(model.output_shape[-1])
-
-    def one_hot(x, y, *rest):
-        checks = [
-            tf.debugging.assert_non_negative(y),
-            tf.debugging.assert_less(
-                y,
-                tf.cast(width, y.dtype),
-                message=f"Labels in `{argument}` must be class ids in [0, {width - 1}]",
-            ),
-        ]
-        with tf.control_dependencies(checks):
-            return (x, tf.one_hot(y, width)) + rest
-
-    return dataset.map(one_hot)

@@ -123,10 +123,13 @@ class TransferRun(Phases):
             batch at a time. Defaults to `2**30` (1 GiB).
         cache_datasets: let the feature cache read a `tf.data.Dataset` once
             (training and validation data alike) and serve its features
-            every epoch, shuffled. Only for a finite dataset that gives the
-            same samples every epoch: no random augmentation (the order may
-            change). Defaults to `False`: a dataset runs uncached, and the
-            result says why.
+            every epoch, shuffled. `True` caches a finite dataset whose
+            pipeline draws no random numbers (read from its graph; shuffling
+            is not one of them); one that does (augmentation in a `map`)
+            runs uncached, and the result says why. `"deterministic"`
+            declares that the pipeline gives the same samples every epoch
+            even so (a fixed-seed crop), and caches it. Defaults to `False`:
+            a dataset runs uncached, and the result says why.
         steps_per_execution: training steps per call into TensorFlow
             (`compile(steps_per_execution=...)`); more steps per call cost
             less Python overhead per step. Batch-level callbacks then run
@@ -151,6 +154,11 @@ class TransferRun(Phases):
             shared), and a worker that stops makes the others raise
             `transferkit.distribution.WorkerLostError`. Defaults to `None`
             (one device).
+        class_names: names of the model's output classes, in order; saved
+            with the model (`model.class_names`) and shown in the report and
+            its confusion matrix. Defaults to `None`: those of the first
+            dataset that carries them (`image_dataset_from_directory`'s
+            `class_names`); data with other names is refused.
         lean_step: train a `Sequential` model with `Dropout` masks drawn
             from random bits instead of floats (the same keep probability),
             softmax `Activation` layers computed from `exp` and sums (the
@@ -204,13 +212,16 @@ class TransferRun(Phases):
         precision: str = "float32",
         feature_cache: bool = True,
         feature_cache_memory: int = 2**30,
-        cache_datasets: bool = False,
+        cache_datasets: bool | str = False,
         steps_per_execution: int = 1,
         lean_step: bool = False,
         training_loop: str = "auto",
         strategy: tf.distribute.Strategy | None = None,
+        class_names: Sequence[str] | None = None,
     ):
         check_model(model)
+        if class_names is not None:
+            model.class_names = class_names
         batch_size = require_count(batch_size, "batch_size")
         steps_per_execution = require_count(steps_per_execution, "steps_per_execution")
         feature_cache_memory = require_count(
@@ -219,15 +230,16 @@ class TransferRun(Phases):
         checkpoint_every = require_count(checkpoint_every, "checkpoint_every")
         require_flags(
             feature_cache=feature_cache,
-            cache_datasets=cache_datasets,
             lean_step=lean_step,
         )
+        require_choice(cache_datasets, "cache_datasets", (False, True, "deterministic"))
         require_choice(training_loop, "training_loop", TRAINING_LOOPS)
         distribution = _distribution(strategy, model, batch_size, training_loop)
         policy, self.precision_reason = resolve_precision(precision)
         check_optimizer_spec(optimizer, "optimizer")
         self._model = model
         self._optimizer = optimizer
+        self._earlier_seconds = 0.0
         self._loss = loss
         self._metrics = list(metrics) if metrics is not None else None
         self._batch_size = batch_size
@@ -340,6 +352,13 @@ class TransferRun(Phases):
         return list(self._results)
 
     @property
+    def earlier_seconds(self) -> float:
+        """Seconds that earlier processes spent on the phases this run has
+        run or replayed from its `directory` (0 for a fresh run): added to
+        this process's time, the whole run's."""
+        return self._earlier_seconds
+
+    @property
     def saved_phases(self) -> list[tuple[str, int, int, bool]]:
         """`(name, epochs_done, epochs, finished)` per phase recorded in the
         run's `directory`, e.g. to tell the user what a rerun resumes. To read
@@ -386,6 +405,7 @@ class TransferRun(Phases):
         verbose: str | int | None = None,
         lr_multipliers: Mapping[str, float] | None = None,
         backbone_batch_norm: str = "inference",
+        steps_per_epoch: int | None = None,
     ) -> PhaseResult:
         """Runs one phase with the groups frozen as they are now.
 
@@ -416,6 +436,11 @@ class TransferRun(Phases):
                 `"train"` trains them (as for a backbone trained from
                 scratch). Other groups' BatchNormalization layers train as
                 usual. Defaults to `"inference"`.
+            steps_per_epoch: batches per epoch of a `tf.data.Dataset`, as in
+                `fit`: the epoch ends after that many, and the next one goes
+                on from there; required for an endless dataset (`repeat()`),
+                which is refused without it. Not for arrays. Defaults to
+                `None`: one pass over the dataset.
 
         Returns:
             The phase's `PhaseResult`, also appended to `results`.
@@ -431,6 +456,7 @@ class TransferRun(Phases):
             verbose=verbose,
             lr_multipliers=lr_multipliers,
             backbone_batch_norm=backbone_batch_norm,
+            steps_per_epoch=steps_per_epoch,
         )
 
     def fine_tune(
@@ -446,6 +472,7 @@ class TransferRun(Phases):
         verbose: str | int | None = None,
         lr_multipliers: Mapping[str, float] | None = None,
         backbone_batch_norm: str = "inference",
+        steps_per_epoch: int | None = None,
     ) -> PhaseResult:
         """Freezes the named groups, then runs one phase like `train`.
 
@@ -463,6 +490,7 @@ class TransferRun(Phases):
             verbose: as for `train`. Defaults to `None`.
             lr_multipliers: as for `train`. Defaults to `None`.
             backbone_batch_norm: as for `train`. Defaults to `"inference"`.
+            steps_per_epoch: as for `train`. Defaults to `None`.
 
         Returns:
             The phase's `PhaseResult`, also appended to `results`.
@@ -492,6 +520,7 @@ class TransferRun(Phases):
             verbose=verbose,
             lr_multipliers=lr_multipliers,
             backbone_batch_norm=backbone_batch_norm,
+            steps_per_epoch=steps_per_epoch,
             freeze=groups,
         )
 

@@ -1,0 +1,186 @@
+"""What a layer or a dataset computes, read from its traced graph.
+
+The feature cache may compute a layer once per phase only if the layer gives
+the same output on every step: it draws no random numbers and computes the
+same in training as in inference. Neither can be told from a layer's class or
+its `call` signature (a `Lambda` of `preprocess_input` takes no `training` and
+is deterministic; a custom layer that calls `tf.random.normal` takes none
+either and is not), so this module traces the layer: once with
+`training=True`, once with `training=False`, and reads the two graphs. A
+random operation in the training graph means noise or augmentation; two
+graphs that differ mean a layer that behaves differently in training (a
+trainable `BatchNormalization`). A frozen `BatchNormalization` traces the same
+graph both ways, and is cached.
+
+A `tf.data.Dataset` is read the same way: its serialized graph names every
+operation of its pipeline, the functions of its `map` calls included;
+`shuffle` reorders and draws no random numbers of this kind.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
+
+__all__ = [
+    "dataset_random_operations",
+    "first_varying_layer",
+    "input_spec",
+    "random_operations",
+    "same_in_training",
+    "trains_nothing",
+    "training_behaviour",
+]
+
+_RANDOM = re.compile(r"Random|Rng|Multinomial|TruncatedNormal|NonDeterministic")
+"""Operation types that draw random numbers: `RandomUniform`,
+`StatelessRandomUniformV2`, `RandomShuffle`, `RngReadAndSkip`,
+`StatelessMultinomial`, `RandomDataset`, ..."""
+
+_BEHAVIOUR: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per layer: `(state, behaviour)`, where `state` is what the behaviour
+depends on (the trainable flags and dtype policies of it and its sublayers)."""
+
+
+def random_operations(graph: graph_pb2.GraphDef) -> list[str]:
+    """The types of the operations in `graph` (and in its functions) that
+    draw random numbers, sorted, each once."""
+    nodes = list(graph.node)
+    for function in graph.library.function:
+        nodes.extend(function.node_def)
+    return sorted({node.op for node in nodes if _RANDOM.search(node.op)})
+
+
+def dataset_random_operations(dataset: tf.data.Dataset) -> list[str]:
+    """The random operations a dataset's pipeline runs (see
+    `random_operations`); empty for one that gives the same samples every
+    epoch, in any order."""
+    serialized = dataset._as_serialized_graph()  # What tf.data itself saves.
+    graph = graph_pb2.GraphDef.FromString(serialized.numpy())
+    return random_operations(graph)
+
+
+def trains_nothing(layers: Sequence[keras.Layer]) -> bool:
+    """Whether none of `layers` (nor any of their sublayers) holds a variable
+    an optimizer could train, frozen or not: preprocessing and augmentation
+    layers, pooling, `Flatten`; a `Normalization` holds only statistics."""
+    return not any(
+        sublayer._trainable_variables
+        for layer in layers
+        for sublayer in layer._flatten_layers(include_self=True)
+    )
+
+
+def training_behaviour(layer: keras.Layer) -> str:
+    """How `layer`'s output may differ from step to step: `"draws random
+    numbers"`, `"draws random numbers in training"`, `"behaves differently
+    in training"`, or `""` when it computes the same function every time."""
+    state = tuple(
+        (sublayer.trainable, sublayer.dtype_policy.name)
+        for sublayer in layer._flatten_layers(include_self=True)
+    )
+    known = _BEHAVIOUR.get(layer)
+    if known is not None and known[0] == state:
+        return known[1]
+    try:
+        specs = tf.nest.map_structure(input_spec, layer.input)
+        behaviour = _compare(lambda x, training: layer(x, training=training), specs)
+    except Exception:  # noqa: BLE001 (a layer that cannot be traced alone)
+        behaviour = _declared_behaviour(layer)
+    _BEHAVIOUR[layer] = (state, behaviour)
+    return behaviour
+
+
+def same_in_training(layers: Sequence[keras.Layer], spec: tf.TensorSpec) -> bool:
+    """Whether `layers`, applied in order to inputs of `spec`, draw no random
+    numbers and compute the same in training as in inference: one trace of
+    all of them, to spare tracing each layer of a backbone."""
+
+    def forward(x, training):
+        for layer in layers:
+            x = layer(x, training=training)
+        return x
+
+    try:
+        return _compare(forward, spec) == ""
+    except Exception:  # noqa: BLE001 (then each layer is traced alone)
+        return False
+
+
+def first_varying_layer(layers: Sequence[keras.Layer]) -> tuple[int, str]:
+    """`(index, behaviour)` of the first of `layers` whose output may differ
+    from step to step (see `training_behaviour`); `(len(layers), "")` when
+    none does."""
+    for index, layer in enumerate(layers):
+        behaviour = training_behaviour(layer)
+        if behaviour:
+            return index, behaviour
+    return len(layers), ""
+
+
+def _compare(call: Callable[[Any, bool], Any], specs: Any) -> str:
+    """The behaviour of `call(x, training)` on inputs of `specs`."""
+    graphs = {
+        training: tf.function(lambda x, t=training: call(x, t))
+        .get_concrete_function(specs)
+        .graph.as_graph_def()
+        for training in (True, False)
+    }
+    if random_operations(graphs[False]):
+        return "draws random numbers"
+    if random_operations(graphs[True]):
+        return "draws random numbers in training"
+    if _nodes(graphs[True]) != _nodes(graphs[False]):
+        return "behaves differently in training"
+    return ""
+
+
+def _nodes(graph: graph_pb2.GraphDef) -> list:
+    """What a graph computes, node by node: names, operations, inputs and
+    attributes (both traces of one function name their nodes alike)."""
+    return [
+        (node.name, node.op, list(node.input), _attributes(node)) for node in graph.node
+    ]
+
+
+def _attributes(node) -> list:
+    # A called function's name is unique per trace; its body is compared
+    # through the random operations and the nodes that call it.
+    return sorted(
+        (key, value.SerializeToString(deterministic=True))
+        for key, value in node.attr.items()
+        if not value.HasField("func") and not value.list.func
+    )
+
+
+def input_spec(tensor) -> tf.TensorSpec:
+    """The spec of a symbolic input, any batch size."""
+    shape = tuple(tensor.shape)
+    return tf.TensorSpec((None, *shape[1:]), tf.as_dtype(tensor.dtype))
+
+
+def _declared_behaviour(layer: keras.Layer) -> str:
+    """What a layer that cannot be traced alone declares: a seed generator,
+    a `training` argument, or a trainable `BatchNormalization`."""
+    for sublayer in layer._flatten_layers(include_self=True):
+        if isinstance(sublayer, keras.layers.BatchNormalization):
+            if sublayer.trainable:
+                return "behaves differently in training"
+            continue
+        if isinstance(sublayer, keras.Model):
+            continue  # Its layers decide; they are in the walk.
+        if any(
+            isinstance(value, keras.random.SeedGenerator)
+            for value in vars(sublayer).values()
+        ):
+            return "draws random numbers"
+        if "training" in inspect.signature(sublayer.call).parameters:
+            return "behaves differently in training"
+    return ""
