@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["check_dataset", "class_names_of", "prepare_dataset"]
+__all__ = ["check_class_ids", "check_dataset", "class_names_of", "prepare_dataset"]
 
 
 def check_dataset(
@@ -59,7 +59,7 @@ def check_dataset(
     _check_samples(tuple(x.shape[1:]), model, argument)
     _check_label_form(y.shape, argument, loss, one_hot, width)
     if y.shape.rank == 1 and y.dtype.is_integer:
-        _check_range(np.asarray(y), argument, width, "its first batch")
+        check_class_ids(np.asarray(y), argument, width, "its first batch")
 
 
 def class_names_of(dataset: tf.data.Dataset) -> tuple[str, ...] | None:
@@ -169,11 +169,13 @@ def _check_samples(received: tuple, model: keras.Model, argument: str) -> None:
     )
 
 
-def _check_range(labels: np.ndarray, argument: str, width: int, where: str) -> None:
+def check_class_ids(labels: np.ndarray, argument: str, width: int, where="") -> None:
+    """Raises for class ids outside `[0, width)`, naming the first few;
+    `where` says which part of the data they came from."""
     bad = (labels < 0) | (labels >= width)
     if bad.any():
         raise ValueError(
             f"Labels in `{argument}` must be class ids in [0, {width - 1}] for "
-            f"a model with {width} outputs. Received in {where}: "
+            f"a model with {width} outputs. Received{f' in {where}' if where else ''}: "
             f"{sorted(set(labels[bad].tolist()))[:5]}"
         )

@@ -23,7 +23,12 @@ import numpy as np
 import tensorflow as tf
 
 from transferkit.class_subset import ClassSubset
-from transferkit.dataset_checks import check_dataset, class_names_of, prepare_dataset
+from transferkit.dataset_checks import (
+    check_class_ids,
+    check_dataset,
+    class_names_of,
+    prepare_dataset,
+)
 
 __all__ = [
     "Data",
@@ -355,13 +360,7 @@ def _prepare_labels(y, argument: str, model: keras.Model, loss):
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         return y  # One-hot or other targets: Keras checks them.
     width = int(output[-1])
-    bad = (y < 0) | (y >= width)
-    if bad.any():
-        raise ValueError(
-            f"Labels in `{argument}` must be class ids in [0, {width - 1}] "
-            f"for a model with {width} outputs. Received: "
-            f"{sorted(set(y[bad].tolist()))[:5]}"
-        )
+    check_class_ids(y, argument, width)
     if expects_one_hot(loss):
         return keras.utils.to_categorical(y, width).astype("float32")
     return y
