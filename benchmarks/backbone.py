@@ -98,8 +98,9 @@ def run_variant(args: argparse.Namespace) -> dict:
     }
 
 
-def run_process(argv: list[str]) -> dict:
-    """Runs this script for one variant; its result, wall seconds and peak RSS."""
+def run_process(argv: list[str], script: str = __file__) -> dict:
+    """Runs `script` (this one) for one variant; its result, wall seconds and
+    peak RSS."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(ROOT), env.get("PYTHONPATH")])
@@ -107,7 +108,7 @@ def run_process(argv: list[str]) -> dict:
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
         process = subprocess.Popen(
-            [sys.executable, __file__, *argv],
+            [sys.executable, script, *argv],
             stdout=out,
             stderr=subprocess.DEVNULL,
             env=env,

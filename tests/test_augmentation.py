@@ -209,3 +209,76 @@ def test_a_cached_phase_behind_preprocessing_trains_as_the_uncached_one():
 def test_every_code_is_documented():
     text = (Path(__file__).parents[1] / "docs" / "image-folders.md").read_text()
     assert all(f"`{code}`" in text for code in CODES)
+
+
+class Offset(layers.Layer):
+    """In training, adds 1000 times a random 0 or 1 to each sample: a view's
+    number is readable from the output."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seed_generator = keras.random.SeedGenerator(3)
+
+    def call(self, x, training=None):
+        if not training:
+            return x
+        shape = (keras.ops.shape(x)[0], 1)
+        draw = keras.random.randint(shape, 0, 2, seed=self.seed_generator)
+        return x + 1000.0 * keras.ops.cast(draw, x.dtype)
+
+
+@pytest.mark.parametrize("memory_limit", [2**30, 0], ids=["memory", "disk"])
+def test_augmented_views_hold_k_draws_and_each_epoch_takes_one_per_sample(
+    memory_limit,
+):
+    from transferkit.feature_cache import FeatureCache
+
+    samples = np.arange(40, dtype="float32")[:, None]
+    cache = FeatureCache(
+        [Offset(), layers.Identity()],
+        {"train": samples, "validation": samples},
+        memory_limit=memory_limit,
+        views=2,
+        augmenting=1,
+    )
+    try:
+        batches = cache.dataset("train", np.arange(40), 16, shuffle=True)
+        epochs = []
+        for _ in range(3):
+            if memory_limit:
+                epochs.append(list(batches.as_numpy_iterator()))
+            else:  # A PyDataset of the files, as fit reads it.
+                epochs.append([batches[i] for i in range(len(batches))])
+                batches.on_epoch_end()
+        validation = cache.features["validation"]
+        held = validation.read(np.arange(40)) if memory_limit == 0 else validation
+    finally:
+        cache.close()
+    seen_views = set()
+    for epoch in epochs:
+        values = np.concatenate([x for x, _ in epoch])[:, 0]
+        labels = np.concatenate([y for _, y in epoch])
+        assert sorted(values % 1000) == list(range(40))  # Each sample once,
+        np.testing.assert_array_equal(values % 1000, labels)  # with its label,
+        seen_views |= set((values // 1000).tolist())  # in one of two views.
+    assert seen_views == {0, 1}
+    np.testing.assert_array_equal(np.asarray(held), samples)  # Not augmented.
+
+
+def test_augmented_views_cache_the_frozen_layers_behind_augmentation():
+    data = make_data(samples=24)
+    model = grouped([front("augment", layers.RandomFlip(name="flip"))])
+    run = TransferRun(model, optimizer="sgd", loss=SPARSE, verbose=0, augmented_views=3)
+    frozen = snapshot(model.groups["features"].variables)
+
+    result = run.fine_tune(data, freeze="features", epochs=2, validation_data=data)
+
+    after = snapshot(model.groups["features"].variables)
+    assert all(bitwise_equal(frozen[p], after[p]) for p in frozen)
+    assert (result.cached_layers, result.cache_code) == (3, "augmented_views")
+    assert result.cache.endswith(
+        "3 fixed augmented views: flip drew 3 times per sample, once for the "
+        "phase; each epoch trains on one view of each sample, not on fresh draws"
+    )
+    assert "MiB in memory, 3 fixed augmented views;" in result.cache
+    assert result.training_loop_code == "own"

@@ -56,6 +56,7 @@ def test_synthesize_makes_an_mnist_layout_set_of_the_asked_size(runner, tiny, tm
         assert set(np.unique(data["y_train"])) <= set(range(10))
 
 
+@pytest.mark.slow  # 9-17 s of a benchmark end to end: --run-slow.
 def test_the_head_step_benchmark_prints_every_combination(capsys):
     text = load_script(HEAD_STEP).main(["--samples", "300", "--repeats", "1"])
 
@@ -115,6 +116,7 @@ def test_the_backbone_benchmark_prints_both_comparisons(capsys):
     assert rows[2][5] == "not used: turned off (feature_cache=False)"
 
 
+@pytest.mark.slow  # 9-17 s of a benchmark end to end: --run-slow.
 def test_the_throughput_benchmark_prints_rates_and_the_examples_arithmetic(capsys):
     throughput = load_script(Path(__file__).parents[1] / "benchmarks" / "throughput.py")
 
@@ -174,3 +176,19 @@ def test_the_scaling_benchmark_times_one_device_two_devices_and_two_workers(
         assert all(0 <= float(cell.rstrip("%")) <= 100 for cell in row[4:6])
     assert rows[3][6].endswith("MirroredStrategy, 2 replicas")
     assert "2 workers of 1 replica, this one worker 0 (the chief)" in rows[4][6]
+
+
+@pytest.mark.slow  # Two processes, about 40 s: opt in with --run-slow.
+def test_the_augmented_views_benchmark_prints_accuracy_and_speed_up(capsys):
+    script = Path(__file__).parents[1] / "benchmarks" / "augmented_views.py"
+    views = load_script(script)
+    args = ["--size", "32", "--samples", "100", "--epochs", "1", "--views", "2"]
+
+    text = views.main([*args, "--pretrain-epochs", "1"])
+
+    assert text in capsys.readouterr().out
+    assert "backbone pretrained on the digits 0-4 for 1 epochs" in text
+    rows = [line.strip("| ").split(" | ") for line in text.splitlines()[5:]]
+    assert [row[0] for row in rows] == ["Keras guide", "transferkit, 2 views"]
+    assert all(0 <= float(row[4].split("%")[0]) <= 100 for row in rows)
+    assert rows[1][6].endswith("MiB in memory, 2 fixed augmented views")

@@ -28,8 +28,8 @@ def test_the_offline_default_pretrains_then_transfers_in_cached_stages(
 
     report = example.main(list(map(str, args)))
 
-    assert [p["name"] for p in report["phases"]] == ["pretrain", "head", "top"]
-    pretrain, head, top = report["phases"]
+    assert [p["name"] for p in report["phases"]] == ["pretrain", "head", "top", "all"]
+    pretrain, head, top, everything = report["phases"]
     assert pretrain["frozen_groups"] == [] and "trained" in pretrain["batch_norm"]
     assert head["frozen_groups"] == ["bottom", "top"]
     assert head["cache"].endswith("layers Conv1..out_relu: covers the frozen groups")
@@ -38,15 +38,19 @@ def test_the_offline_default_pretrains_then_transfers_in_cached_stages(
     assert top["lr_multipliers"] == {"top": 0.1}
     assert top["batch_norm"].endswith("in inference mode")
     assert head["frozen_unchanged"] is True and top["frozen_unchanged"] is True
+    assert everything["frozen_groups"] == [] and everything["cache_code"] == (
+        "nothing_frozen"
+    )
+    assert everything["lr_multipliers"] == {"bottom": 0.3, "top": 0.3}
     assert head["classes"] == [5, 6, 7, 8, 9]
-    assert json.loads((out / "report.json").read_text())["phases"][2]["name"] == "top"
+    assert json.loads((out / "report.json").read_text())["phases"][3]["name"] == "all"
     assert (out / "learning_curves.png").is_file()
 
     capsys.readouterr()
     again = example.main(list(map(str, args)))  # The same command resumes.
 
     printed = capsys.readouterr().out
-    assert f"Stage 'top' in {out}: finished." in printed
+    assert f"Stage 'all' in {out}: finished." in printed
     assert [p["test_accuracy"] for p in again["phases"]] == [
         p["test_accuracy"] for p in report["phases"]
     ]
@@ -76,7 +80,7 @@ def test_a_folder_of_images_needs_pretrained_weights_and_transfers(
         + ["--epochs", "1", "--verbose", "0"]
     )
 
-    assert [p["name"] for p in report["phases"]] == ["head", "top"]
+    assert [p["name"] for p in report["phases"]] == ["head", "top", "all"]
     assert report["settings"]["class_names"] == ["cats", "dogs"]
     assert report["phases"][0]["cache"].split(";")[0].endswith("MiB in memory")
     assert report["phases"][1]["frozen_unchanged"] is True

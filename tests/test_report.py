@@ -343,3 +343,22 @@ def test_the_report_command_reads_any_run_folder_and_totals_sum_processes(
     printed = capsys.readouterr().out
     assert "Phase 'train'" in printed and "Phase 'fine_tune'" in printed
     assert f"Total: {again.earlier_seconds:.1f} s" in printed
+
+
+def test_a_resumed_phase_counts_the_cache_time_of_every_process(tmp_path):
+    from conftest import Crash, CrashAfterEpoch, tiny_run
+
+    data = make_data()
+    run = tiny_run(tmp_path)
+    run.train(data, epochs=1)
+    with pytest.raises(Crash):
+        run.fine_tune(data, freeze="features", epochs=3, callbacks=[CrashAfterEpoch(0)])
+    run.close()
+    state = json.loads((tmp_path / "run.json").read_text())
+    first = state["phases"][1]["cache_seconds"]  # Saved with the epoch.
+
+    again = tiny_run(tmp_path)
+    again.train(data, epochs=1)
+    result = again.fine_tune(data, freeze="features", epochs=3)
+
+    assert result.cached_layers > 0 and 0 < first < result.cache_seconds

@@ -30,6 +30,7 @@ from transferkit.layer_behaviour import (
     first_varying_layer,
     input_spec,
     same_in_training,
+    training_behaviour,
     trains_nothing,
 )
 
@@ -38,6 +39,8 @@ __all__ = ["CODES", "CachePlan", "plan_cache", "plan_phase_cache"]
 CODES = {
     "covers_frozen": "cached: every leading frozen group (and groups with "
     "nothing to train between them)",
+    "augmented_views": "cached as K fixed augmented views of every sample "
+    "(augmented_views=K), one drawn per sample and epoch",
     "moved_back": "cached up to the nearest cut of a backbone that one tensor crosses",
     "random_layer": "stops at a layer that draws random numbers",
     "training_layer": "stops at a layer that behaves differently in training",
@@ -83,6 +86,13 @@ class CachePlan:
     span: str = ""
     """The first and last cached layer, e.g. `"conv2d..max_pooling2d"`."""
 
+    views: int = 1
+    """Augmented views of each training sample the cache holds."""
+
+    augmenting: int = 0
+    """Leading entries of `front` that run in training mode for the views:
+    the augmentation layers in front of the frozen groups."""
+
 
 def plan_phase_cache(
     model: keras.Model,
@@ -91,6 +101,7 @@ def plan_phase_cache(
     *,
     enabled: bool,
     cache_datasets: bool | str,
+    views: int = 1,
 ) -> CachePlan:
     """The cache plan of a phase: `plan_cache`, unless the cache is off or a
     dataset among `data` (by argument name, `None` where absent) may not be
@@ -103,6 +114,7 @@ def plan_phase_cache(
             `"validation_data"`): arrays, datasets or `None`.
         enabled: the run's `feature_cache`.
         cache_datasets: the run's `cache_datasets`.
+        views: the run's `augmented_views`. Defaults to `1`.
     """
     if not enabled:
         return CachePlan(0, "turned off (feature_cache=False)", "off")
@@ -132,10 +144,10 @@ def plan_phase_cache(
                 "pipeline gives the same samples every epoch all the same",
                 "dataset_random",
             )
-    return plan_cache(model, frozen)
+    return plan_cache(model, frozen, views)
 
 
-def plan_cache(model: keras.Model, frozen: Sequence[str]) -> CachePlan:
+def plan_cache(model: keras.Model, frozen: Sequence[str], views: int = 1) -> CachePlan:
     """The leading layers of `model` a phase can compute once.
 
     The frozen groups that start the model (with any groups that have
@@ -150,6 +162,9 @@ def plan_cache(model: keras.Model, frozen: Sequence[str]) -> CachePlan:
     Args:
         model: a `Sequential` model with `groups`.
         frozen: names of the groups frozen for the phase.
+        views: with augmentation layers in front of the frozen groups, cache
+            this many augmented views of every sample, if above 1 (see
+            `TransferRun`'s `augmented_views`). Defaults to `1`.
 
     Returns:
         A `CachePlan`; its `layers` is 0 when the frozen groups do not start
@@ -190,11 +205,48 @@ def plan_cache(model: keras.Model, frozen: Sequence[str]) -> CachePlan:
     layer = prefix[index]
     code = "random_layer" if "random" in behaviour else "training_layer"
     stop = f"layer '{layer.name}' ({type(layer).__name__}), which {behaviour}"
+    if index < first_frozen and views > 1:
+        viewed = _augmented_views(model, prefix, first_frozen, views)
+        if viewed is not None:
+            return viewed
     if index <= first_frozen:
         if index == first_frozen:
             return CachePlan(0, f"the first frozen {stop}", code)
         return CachePlan(0, f"{stop}, comes before the frozen groups", code)
     return _cut(model, prefix, index, f"stops before {stop}", code)
+
+
+def _augmented_views(
+    model: keras.Model, prefix: list, first_frozen: int, views: int
+) -> CachePlan | None:
+    """The plan that caches `views` augmented views, when the layers in
+    front of the frozen groups (the model's first layers) only draw random
+    numbers or compute the same in training, and the frozen layers after
+    them can be cached; else `None`."""
+    front = prefix[:first_frozen]
+    if any(a is not b for a, b in zip(front, model.layers, strict=False)):
+        return None  # Inside a backbone.
+    behaviours = [training_behaviour(layer) for layer in front]
+    if any(b and "random" not in b for b in behaviours):
+        return None
+    index, behaviour = first_varying_layer(prefix[first_frozen:])
+    end = first_frozen + index
+    drawn = [layer.name for layer, b in zip(front, behaviours, strict=True) if b]
+    reason = (
+        f"{views} fixed augmented views: {', '.join(drawn)} drew {views} times "
+        "per sample, once for the phase; each epoch trains on one view of each "
+        "sample, not on fresh draws"
+    )
+    if behaviour:
+        layer = prefix[end]
+        reason += (
+            f"; stops before layer '{layer.name}' ({type(layer).__name__}), "
+            f"which {behaviour}"
+        )
+    plan = _cut(model, prefix, end, reason, "augmented_views")
+    if plan.layers <= first_frozen:
+        return None
+    return dataclasses.replace(plan, views=views, augmenting=first_frozen)
 
 
 def _cut(

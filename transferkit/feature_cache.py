@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -23,6 +24,7 @@ from transferkit._io import os_error
 from transferkit.run_lock import LOCK_FILE, try_lock
 
 __all__ = [
+    "CACHE_FILE",
     "CacheTooLarge",
     "FeatureCache",
     "cache_file_name",
@@ -54,6 +56,13 @@ class FeatureCache:
     first batch in `batch_sizes`. A dataset whose length is unknown is held
     in memory.
 
+    With `views` above 1, the training input's features are computed
+    `views` times, with the first `augmenting` layers in training mode (the
+    augmentation layers in front of the frozen ones, each time a new draw)
+    and the rest in inference mode: its features then hold view `k` of
+    sample `i` at row `k * samples + i`. Other inputs get one view, all in
+    inference mode (no augmentation).
+
     Args:
         layers: the layers to apply, in order, in inference mode.
         inputs: the arrays or datasets to compute features for, by name
@@ -63,6 +72,9 @@ class FeatureCache:
         disk: whether a cache larger than `memory_limit` may go to files;
             if not, `CacheTooLarge` is raised before anything is computed.
             Defaults to `True`.
+        views: augmented views of the training input. Defaults to `1`.
+        augmenting: leading layers that run in training mode for those
+            views. Defaults to `0`.
     """
 
     def __init__(
@@ -73,18 +85,23 @@ class FeatureCache:
         memory_limit: int,
         folder: str | os.PathLike | None = None,
         disk: bool = True,
+        views: int = 1,
+        augmenting: int = 0,
     ):
         began = time.perf_counter()
         # A dataset's first batch is read here once, for the probe and the
         # size; the features are computed in the pass below.
         firsts = [_first_batch(x) for x in inputs.values()]
         forward = _inference(layers, firsts[0])
+        augmented = _inference(layers, firsts[0], augmenting) if views > 1 else forward
         probe = forward(firsts[0][:1])
+        self.views = views
         self.sample_shape = tuple(probe.shape[1:])
         self.dtype = probe.dtype.name
         row_bytes = probe.shape.num_elements() * probe.dtype.size
         self.nbytes = row_bytes * sum(
-            _rows(x, first) for x, first in zip(inputs.values(), firsts, strict=True)
+            _rows(x, first) * (views if name == "train" else 1)
+            for (name, x), first in zip(inputs.items(), firsts, strict=True)
         )
         self.on_disk = self.nbytes > memory_limit
         if self.on_disk and not disk:
@@ -99,24 +116,14 @@ class FeatureCache:
                 self._temporary = TemporaryCacheFolder()
                 folder = self._temporary.path
             self.folder = Path(folder)
-        self.features: dict[str, tf.Tensor | FeatureFile] = {}
+        self.features: dict[str, tf.Tensor | FeatureFile | FeatureViews] = {}
         self.labels: dict[str, np.ndarray] = {}
         self.batch_sizes: dict[str, int] = {}
         try:
             for name, x in inputs.items():
-                blocks = self._blocks(forward, name, x)
-                if self.folder is not None:
-                    stored = FeatureFile(
-                        self.folder / cache_file_name(name),
-                        self.sample_shape,
-                        probe.dtype.as_numpy_dtype,
-                    )
-                    self.features[name] = stored
-                    for block in blocks:
-                        stored.append(block.numpy())
-                else:
-                    # Blocks, then one copy: twice the cache, for a moment.
-                    self.features[name] = tf.concat(list(blocks), axis=0)
+                count = views if name == "train" else 1
+                functions = [augmented if count > 1 else forward] * count
+                self.features[name] = self._compute(name, x, functions, probe)
             # Of a dataset, the rows read; of arrays, as computed above.
             self.nbytes = sum(len(f) for f in self.features.values()) * row_bytes
             self.seconds = time.perf_counter() - began  # To compute the features.
@@ -124,32 +131,59 @@ class FeatureCache:
             self.close()
             raise
 
-    def _blocks(self, forward, name, x):
-        """Feature blocks of `x`; a dataset's labels go to `labels[name]`."""
+    def _compute(self, name, x, functions, probe):
+        """The features of `x`, one view per function, in memory or files."""
+        if self.folder is None:
+            stores = [[] for _ in functions]
+        else:
+            stores = [
+                FeatureFile(
+                    self.folder / cache_file_name(name, view),
+                    self.sample_shape,
+                    probe.dtype.as_numpy_dtype,
+                )
+                for view in range(len(functions))
+            ]
+            self.features[name] = FeatureViews(stores)  # Closed if a write fails.
+        for batch in self._batches(name, x):
+            for store, function in zip(stores, functions, strict=True):
+                block = function(batch)
+                store.append(block if self.folder is None else block.numpy())
+        if self.folder is None:
+            # Blocks, then one copy: twice the cache, for a moment.
+            return tf.concat([block for store in stores for block in store], axis=0)
+        return stores[0] if len(stores) == 1 else FeatureViews(stores)
+
+    def _batches(self, name, x):
+        """Input blocks of `x`; a dataset's labels go to `labels[name]`."""
         if not isinstance(x, tf.data.Dataset):
             block = _forward_block(x)
             for start in range(0, len(x), block):
-                yield forward(tf.constant(x[start : start + block]))
+                yield tf.constant(x[start : start + block])
             return
         labels = []
         for batch in x:
             if not labels:
                 self.batch_sizes[name] = int(tf.shape(batch[0])[0])
             labels.append(np.asarray(batch[1]))
-            yield forward(batch[0])
+            yield batch[0]
         self.labels[name] = np.concatenate(labels)
 
     def dataset(self, name, labels, batch_size, *, shuffle):
         """One epoch of `(features, labels)` batches for `fit`: a
         `tf.data.Dataset` that gathers each batch from memory, or a
-        `keras.utils.PyDataset` that reads it from the file. Shuffled anew
-        every epoch when `shuffle`, from TensorFlow's (or, for a file,
-        NumPy's) global seed."""
+        `keras.utils.PyDataset` that reads it from the files. Shuffled anew
+        every epoch when `shuffle`, from TensorFlow's (or, for files,
+        NumPy's) global seed; with views, each sample's view is drawn anew
+        every epoch too."""
         features = self.features[name]
-        if isinstance(features, FeatureFile):
-            return FeatureBatches(features, labels, batch_size, shuffle=shuffle)
+        views = self.views_of(name)
+        if isinstance(features, FeatureFile | FeatureViews):
+            return FeatureBatches(
+                features, labels, batch_size, shuffle=shuffle, views=views
+            )
         labels = tf.constant(labels)
-        size = len(features)
+        size = len(features) // views
 
         def batches_of_rows(_):
             # One permutation per epoch: cheaper than a shuffle buffer, which
@@ -157,6 +191,8 @@ class FeatureCache:
             rows = tf.range(size, dtype=tf.int64)
             if shuffle:
                 rows = tf.random.shuffle(rows)
+            if views > 1:
+                rows += size * tf.random.uniform([size], 0, views, tf.int64)
             starts = tf.data.Dataset.range(0, size, batch_size)
             return starts.map(lambda start: rows[start : start + batch_size])
 
@@ -171,18 +207,28 @@ class FeatureCache:
         arrays = tf.data.Dataset.from_tensors((features, labels)).repeat()
         return (
             tf.data.Dataset.zip((rows, arrays))
-            .map(lambda rows, arrays: tuple(tf.gather(a, rows) for a in arrays))
+            .map(
+                lambda rows, arrays: (
+                    tf.gather(arrays[0], rows),
+                    tf.gather(arrays[1], rows % size),
+                )
+            )
             .prefetch(tf.data.AUTOTUNE)
         )
 
+    def views_of(self, name: str) -> int:
+        """How many views the features of `name` hold."""
+        return self.views if name == "train" else 1
+
     def describe(self) -> str:
         where = f"on disk in {str(self.folder)!r}" if self.on_disk else "in memory"
-        return f"{self.nbytes / 2**20:,.1f} MiB {where}"
+        views = f", {self.views} fixed augmented views" if self.views > 1 else ""
+        return f"{self.nbytes / 2**20:,.1f} MiB {where}{views}"
 
     def close(self) -> None:
         """Frees the cache and deletes its files, if any."""
         for features in self.features.values():
-            if isinstance(features, FeatureFile):
+            if isinstance(features, FeatureFile | FeatureViews):
                 features.close()
         self.features.clear()
         if self._temporary is not None:
@@ -190,10 +236,15 @@ class FeatureCache:
             self._temporary = None
 
 
-def cache_file_name(name: str) -> str:
+CACHE_FILE = re.compile(r"\.transferkit-cache-(train|validation)(-view\d+)?\.bin")
+"""The names of the cache's files, which the run folder's clean-up knows as
+its own."""
+
+
+def cache_file_name(name: str, view: int = 0) -> str:
     """The file of the cached features of `name` (`"train"`,
-    `"validation"`), a name the run folder's clean-up knows as its own."""
-    return f".transferkit-cache-{name}.bin"
+    `"validation"`): of its first view, or of view `view`."""
+    return f".transferkit-cache-{name}{f'-view{view}' if view else ''}.bin"
 
 
 def _size(nbytes: int) -> str:
@@ -231,13 +282,14 @@ def _forward_block(x) -> int:
     return max(low, min(high, _FORWARD_BYTES // max(1, sample)))
 
 
-def _inference(layers, example: tf.Tensor):
-    """The layers in inference mode, as one function traced once for any
-    number of samples shaped like `example`'s (the last block is shorter)."""
+def _inference(layers, example: tf.Tensor, augmenting: int = 0):
+    """The layers in inference mode (the first `augmenting` in training
+    mode: augmentation draws), as one function traced once for any number of
+    samples shaped like `example`'s (the last block is shorter)."""
 
     def forward(batch):
-        for layer in layers:
-            batch = layer(batch, training=False)
+        for index, layer in enumerate(layers):
+            batch = layer(batch, training=index < augmenting)
         return batch
 
     spec = tf.TensorSpec((None, *example.shape[1:]), example.dtype)
@@ -335,24 +387,57 @@ def _remove_abandoned(parent: Path, prefix: str) -> None:
             os.close(descriptor)
 
 
-class FeatureBatches(keras.utils.PyDataset):
-    """Shuffled `(features, labels)` batches from a `FeatureFile`; the
-    order is drawn from NumPy's global generator, which a seeded run seeds."""
+class FeatureViews:
+    """The views of cached features, one `FeatureFile` each: row
+    `k * samples + i` is view `k` of sample `i`."""
 
-    def __init__(self, features, labels, batch_size, *, shuffle):
+    def __init__(self, files: Sequence[FeatureFile]):
+        self.files = list(files)
+
+    def __len__(self) -> int:
+        return sum(len(f) for f in self.files)
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        samples = len(self.files[0])
+        first = self.files[0]
+        out = np.empty((len(indices), *first.sample_shape), first.dtype)
+        view, row = np.divmod(np.asarray(indices), samples)
+        for number, file in enumerate(self.files):
+            chosen = view == number
+            if chosen.any():
+                out[chosen] = file.read(row[chosen])
+        return out
+
+    def close(self) -> None:
+        for file in self.files:
+            file.close()
+
+
+class FeatureBatches(keras.utils.PyDataset):
+    """Shuffled `(features, labels)` batches from a `FeatureFile` (or the
+    `FeatureViews` of `views` views, one drawn per sample and epoch); the
+    order is drawn from NumPy's global generator, which a seeded run
+    seeds."""
+
+    def __init__(self, features, labels, batch_size, *, shuffle, views=1):
         super().__init__()
         self.features, self.labels = features, labels
-        self.batch_size, self.shuffle = batch_size, shuffle
-        self.order = np.arange(len(features))
+        self.batch_size, self.shuffle, self.views = batch_size, shuffle, views
+        self.samples = len(features) // views
+        self._permutation = np.arange(self.samples)
         self.on_epoch_end()
 
     def __len__(self) -> int:
-        return math.ceil(len(self.features) / self.batch_size)
+        return math.ceil(self.samples / self.batch_size)
 
     def __getitem__(self, index):
         rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        return self.features.read(rows), self.labels[rows]
+        return self.features.read(rows), self.labels[rows % self.samples]
 
     def on_epoch_end(self):
         if self.shuffle:
-            np.random.shuffle(self.order)
+            np.random.shuffle(self._permutation)
+        self.order = self._permutation
+        if self.views > 1:
+            view = np.random.randint(0, self.views, self.samples)
+            self.order = self._permutation + self.samples * view

@@ -196,6 +196,10 @@ class InMemoryLoop(_Loop):
         steps_per_call: training steps per call into TensorFlow.
         validation: `(x, y)` evaluated after every epoch, or `None`.
         distribution: the run's strategy. Defaults to `None` (one device).
+        views: views of each sample that `x` holds (row `k * samples + i`
+            is view `k` of sample `i`; `y` has one label per sample); each
+            epoch trains on one view of each sample, drawn anew. Defaults to
+            `1`.
     """
 
     def __init__(
@@ -208,12 +212,16 @@ class InMemoryLoop(_Loop):
         steps_per_call: int,
         validation: tuple[Any, Any] | None = None,
         distribution: Distribution | None = None,
+        views: int = 1,
     ):
         super().__init__(
             model, steps_per_call=steps_per_call, distribution=distribution
         )
         self.x, self.y = _tensor(x), _tensor(y)
-        self.rows = int(self.x.shape[0])
+        self.views = views
+        self.rows = int(self.x.shape[0]) // views  # Samples per epoch.
+        if views > 1:  # A label for every row.
+            self.y = tf.tile(self.y, [views] + [1] * (len(self.y.shape) - 1))
         self.batch_size = batch_size
         # Each worker's part of a global batch.
         self._worker_batch = batch_size // self.distribution.workers
@@ -248,6 +256,9 @@ class InMemoryLoop(_Loop):
 
     def _train_calls(self):
         order = tf.random.shuffle(tf.range(self.rows, dtype=tf.int32))
+        if self.views > 1:
+            view = tf.random.uniform([self.rows], 0, self.views, tf.int32)
+            order += self.rows * view
         return self._calls(self._train, self.steps, self.x, self.y, order)
 
     def _test_calls(self):

@@ -106,6 +106,7 @@ class Phases:
             precision=self._policy,
             lr_multipliers=multipliers,
             backbone_batch_norm=backbone_batch_norm,
+            augmented_views=self._training_options.augmented_views,
         )
         record = self._state.recorded_phase(len(self._results), spec)
         if record is not None and record.result is not None:
@@ -324,6 +325,11 @@ class Phases:
         def on_epoch_end(epoch, logs, interrupted):
             self._state.end_epoch(record, epoch, logs, elapsed(), save=interrupted)
 
+        earlier = record.cache_seconds  # Of the sessions before a resume.
+
+        def on_cache(seconds):
+            record.cache_seconds = earlier + seconds
+
         return train_phase(
             self._model,
             self._compile_args(optimizer),
@@ -337,6 +343,7 @@ class Phases:
             on_epoch_end=on_epoch_end,
             options=self._training_options,
             phase=record.name,
+            on_cache=on_cache,
         )
 
     def _result(
@@ -380,7 +387,7 @@ class Phases:
             steps_per_execution=self._steps_per_execution,
             cached_layers=training.cached_layers,
             cache=training.cache,
-            cache_seconds=training.cache_seconds,
+            cache_seconds=record.cache_seconds,
             lean_step=training.lean_step,
             training_loop=training.loop,
             training_loop_code=training.loop_code,

@@ -35,6 +35,7 @@ def phase_spec(
     precision: str,
     lr_multipliers: dict[str, float] | None = None,
     backbone_batch_norm: str = "inference",
+    augmented_views: int = 1,
 ) -> dict[str, Any]:
     """A phase's entry in the plan, JSON-ready.
 
@@ -52,6 +53,9 @@ def phase_spec(
             when given. Defaults to `None`.
         backbone_batch_norm: `"inference"` or `"train"`; recorded only when
             `"train"`. Defaults to `"inference"`.
+        augmented_views: the run's `augmented_views`; recorded only when
+            above 1 (the views are part of what a phase computes). Defaults
+            to `1`.
     """
     spec = {
         "kind": kind,
@@ -70,6 +74,8 @@ def phase_spec(
         spec["lr_multipliers"] = dict(sorted(lr_multipliers.items()))
     if backbone_batch_norm != "inference":
         spec["backbone_batch_norm"] = backbone_batch_norm
+    if augmented_views > 1:
+        spec["augmented_views"] = augmented_views
     return json.loads(json.dumps(spec))
 
 

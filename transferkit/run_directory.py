@@ -26,7 +26,7 @@ from transferkit._io import (
     remove_temporaries,
 )
 from transferkit.errors import CheckpointError
-from transferkit.feature_cache import cache_file_name
+from transferkit.feature_cache import CACHE_FILE
 from transferkit.run_lock import FolderLock
 from transferkit.run_record import CHECKPOINT_NAME
 
@@ -35,7 +35,6 @@ __all__ = ["CheckpointError", "RunDirectory"]
 STATE_SCHEMA_VERSION = 1
 """Version of the `run.json` layout this transferkit reads and writes."""
 
-CACHE_FILES = tuple(cache_file_name(name) for name in ("train", "validation"))
 """The names of a feature cache's files in a run folder."""
 
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
@@ -171,10 +170,10 @@ class RunDirectory:
             if CHECKPOINT_NAME.fullmatch(path.name[1:].replace(".partial", "")):
                 path.unlink(missing_ok=True)
                 removed.append(path.name)
-        for name in CACHE_FILES:
-            if (self.path / name).is_file():
-                (self.path / name).unlink()
-                removed.append(name)
+        for path in self.path.glob(".transferkit-cache-*.bin"):
+            if CACHE_FILE.fullmatch(path.name) and path.is_file():
+                path.unlink()
+                removed.append(path.name)
         return removed + remove_temporaries(self.path)
 
     def save(self, model: keras.Model, state: dict[str, Any]) -> None:

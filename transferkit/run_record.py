@@ -61,6 +61,9 @@ class PhaseRecord:
     result: PhaseResult | None = None
     """The phase's result once it has finished, else `None`."""
 
+    cache_seconds: float = 0.0
+    """Seconds spent computing the feature cache, over all sessions."""
+
     stopped: str = ""
     """Why the last attempt stopped before the end (a non-finite loss), so
     that a rerun may change the optimizer's settings; empty otherwise."""
@@ -89,6 +92,8 @@ class PhaseRecord:
             "history": self.history,
             "result": None if self.result is None else self.result.to_dict(),
         }
+        if self.cache_seconds:  # Recorded only when set: older folders resume.
+            record["cache_seconds"] = self.cache_seconds
         if self.stopped:
             record["stopped"] = self.stopped
         return record
@@ -194,9 +199,12 @@ def _phase(check: _Checker, phase: Any, where: str) -> PhaseRecord:
     done = check.count(phase["epochs_done"], f"{where}.epochs_done", minimum=0)
     if done > epochs:
         check.fail(f"{where}.epochs_done", done, f"at most the phase's {epochs} epochs")
-    seconds = json_number(phase["seconds"])
-    if not isinstance(seconds, int | float) or not seconds >= 0:
-        check.fail(f"{where}.seconds", phase["seconds"], "a number >= 0")
+    seconds, cache_seconds = (
+        json_number(phase.get(key, 0.0)) for key in ("seconds", "cache_seconds")
+    )
+    for key, value in (("seconds", seconds), ("cache_seconds", cache_seconds)):
+        if not isinstance(value, int | float) or not value >= 0:
+            check.fail(f"{where}.{key}", phase.get(key), "a number >= 0")
     history = {}
     for key, values in phase.get("history", {}).items():
         if not isinstance(values, list) or len(values) != done:
@@ -226,6 +234,7 @@ def _phase(check: _Checker, phase: Any, where: str) -> PhaseRecord:
         seconds=float(seconds),
         history=history,
         result=result,
+        cache_seconds=float(cache_seconds),
         stopped=stopped,
     )
 

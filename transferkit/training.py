@@ -16,7 +16,7 @@ then stops; a second one stops at once.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -81,6 +81,10 @@ class TrainingOptions:
     steps_per_execution: int = 1
     """Steps per call into TensorFlow that the run was given."""
 
+    augmented_views: int = 1
+    """Augmented views per sample the cache may hold, with augmentation
+    layers in front of the frozen groups; 1: none."""
+
     distribution: Distribution = dataclasses.field(
         default_factory=lambda: Distribution(None)
     )
@@ -131,6 +135,7 @@ def train_phase(
     on_epoch_end: EpochHook,
     options: TrainingOptions,
     phase: str = "",
+    on_cache: Callable[[float], None] = lambda seconds: None,
 ) -> Training:
     """Trains `model`, compiled with `compile_args`, from `initial_epoch` to
     `epochs`.
@@ -149,24 +154,25 @@ def train_phase(
         on_epoch_end: records and saves each epoch.
         options: the run's training options.
         phase: the phase's name, for the epoch guard's messages.
+        on_cache: called with the cache's seconds, once it is built.
 
     Raises:
         NonFiniteError: from the epoch guard, at a non-finite loss or weight.
         ValueError: from the epoch guard, at an epoch without batches.
     """
-    optimizer = compile_args["optimizer"]
-    fused = options.lean_step and has_fused_kernel(optimizer)
+    fused = options.lean_step and has_fused_kernel(compile_args["optimizer"])
     plan = _plan_cache(model, options, train, validation, frozen)
     if initial_epoch >= epochs:  # Resumed after its last epoch was saved.
-        return _summary(plan, None, _lean([], fused, optimizer), False, ("", ""))
+        lean = _lean([], fused, compile_args["optimizer"])
+        return _summary(plan, None, lean, False, ("", ""))
     _announce(verbose, phase, model, frozen, epochs, initial_epoch, plan)
     given = train, validation
     train, validation = _shard(train, options), _shard(validation, options)
     cache, plan = _build_cache(model, plan, train, validation, options, verbose)
     try:
-        trainer = _trainer(model, plan.rest if cache else model.layers, cache, options)
-        if trainer is not model:
-            trainer.compile(**compile_args)
+        on_cache(cache.seconds if cache else 0.0)
+        layers = plan.rest if cache else model.layers
+        trainer = _trainer(model, layers, cache, options, compile_args)
         recorder = EpochRecorder(on_epoch_end)
         loop, *why = _loop(trainer, train, validation, cache, callbacks, options, given)
         steps = _epoch_steps(loop, train, validation)
@@ -193,7 +199,7 @@ def train_phase(
     finally:
         if cache is not None:
             cache.close()
-    lean = _lean(trainer.layers, fused, optimizer)
+    lean = _lean(trainer.layers, fused, compile_args["optimizer"])
     return _summary(plan, cache, lean, recorder.interrupted, why)
 
 
@@ -263,6 +269,7 @@ def _in_memory_loop(trainer, train, validation, cache, callbacks, options):
         steps_per_call=steps,
         validation=held,
         distribution=distribution,
+        views=1 if cache is None else cache.views,
     )
     return loop, _describe_loop(loop, distribution.describe()), "own"
 
@@ -358,6 +365,7 @@ def _plan_cache(model, options, train, validation, frozen) -> CachePlan:
         data,
         enabled=options.feature_cache,
         cache_datasets=options.cache_datasets,
+        views=options.augmented_views,
     )
 
 
@@ -400,6 +408,8 @@ def _build_cache(
             memory_limit=options.feature_cache_memory,
             folder=options.cache_folder,
             disk=not options.distribution.multi_worker,
+            views=plan.views,
+            augmenting=plan.augmenting,
         )
     except CacheTooLarge as error:
         return None, CachePlan(
@@ -416,10 +426,10 @@ def _build_cache(
     return cache, plan
 
 
-def _trainer(model, layers, cache, options) -> keras.Model:
+def _trainer(model, layers, cache, options, compile_args) -> keras.Model:
     """What `fit` trains: the model itself, unless the cache or the lean step
     asks for a model of `layers`, sharing their weights, that takes the
-    cache's features (or the model's input)."""
+    cache's features (or the model's input), compiled with `compile_args`."""
     lean = options.lean_step and isinstance(model, keras.Sequential)
     if cache is None and not lean:
         return model
@@ -436,6 +446,7 @@ def _trainer(model, layers, cache, options) -> keras.Model:
     )
     if options.precision != "float32":
         trainer.dtype_policy = options.precision  # Keras scales float16 losses by it.
+    trainer.compile(**compile_args)
     return trainer
 
 

@@ -130,6 +130,15 @@ class TransferRun(Phases):
             declares that the pipeline gives the same samples every epoch
             even so (a fixed-seed crop), and caches it. Defaults to `False`:
             a dataset runs uncached, and the result says why.
+        augmented_views: with augmentation layers (`RandomFlip`, ...) in front
+            of the frozen groups, which otherwise turn the cache off, cache
+            this many augmented views of every training sample: the frozen
+            layers run once per view for the phase, and each epoch trains on
+            one view of each sample, drawn anew. Not the same computation as
+            fresh draws every epoch; the result says "K fixed augmented
+            views" ([image folders](docs/image-folders.md) shows the accuracy
+            measured against fresh augmentation). Validation data is cached
+            without augmentation. Defaults to `1`: no views.
         steps_per_execution: training steps per call into TensorFlow
             (`compile(steps_per_execution=...)`); more steps per call cost
             less Python overhead per step. Batch-level callbacks then run
@@ -213,6 +222,7 @@ class TransferRun(Phases):
         feature_cache: bool = True,
         feature_cache_memory: int = 2**30,
         cache_datasets: bool | str = False,
+        augmented_views: int = 1,
         steps_per_execution: int = 1,
         lean_step: bool = False,
         training_loop: str = "auto",
@@ -228,10 +238,8 @@ class TransferRun(Phases):
             feature_cache_memory, "feature_cache_memory", minimum=0
         )
         checkpoint_every = require_count(checkpoint_every, "checkpoint_every")
-        require_flags(
-            feature_cache=feature_cache,
-            lean_step=lean_step,
-        )
+        require_flags(feature_cache=feature_cache, lean_step=lean_step)
+        augmented_views = require_count(augmented_views, "augmented_views")
         require_choice(cache_datasets, "cache_datasets", (False, True, "deterministic"))
         require_choice(training_loop, "training_loop", TRAINING_LOOPS)
         distribution = _distribution(strategy, model, batch_size, training_loop)
@@ -268,6 +276,7 @@ class TransferRun(Phases):
             cache_folder=self._state.path if self._state.writes else None,
             lean_step=lean_step,
             cache_datasets=cache_datasets,
+            augmented_views=augmented_views,
             training_loop=training_loop,
             steps_per_execution=steps_per_execution,
             distribution=distribution,
