@@ -373,9 +373,10 @@ class GroupedSequential(keras.Sequential):
         # it (a backbone's BatchNormalization, frozen for the phase only).
         config = super().get_compile_config()
         optimizer = getattr(self, "optimizer", None)
-        if config and optimizer is not None and optimizer.built:
+        built_for = getattr(optimizer, "_trainable_variables", None)  # Keras' own.
+        if config and optimizer is not None and optimizer.built and built_for:
             position = {id(w): i for i, w in enumerate(self.weights)}
-            trained = [position.get(id(v)) for v in optimizer._trainable_variables]
+            trained = [position.get(id(v)) for v in built_for]
             if None not in trained:
                 config["optimizer_variables"] = trained
         return config
