@@ -13,6 +13,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from transferkit.layer_group import GroupChain
+
 __all__ = [
     "check_model",
     "require_choice",
@@ -56,8 +58,6 @@ def require_flags(**flags: Any) -> None:
 
 
 def check_model(model: Any) -> None:
-    from transferkit.layer_group import GroupChain
-
     if isinstance(model, GroupChain):
         raise ValueError(
             "Expected a model composed from `LayerGroup`s. Received groups "

@@ -102,6 +102,7 @@ def plan_phase_cache(
     enabled: bool,
     cache_datasets: bool | str,
     views: int = 1,
+    steps_per_epoch: int | None = None,
 ) -> CachePlan:
     """The cache plan of a phase: `plan_cache`, unless the cache is off or a
     dataset among `data` (by argument name, `None` where absent) may not be
@@ -115,9 +116,16 @@ def plan_phase_cache(
         enabled: the run's `feature_cache`.
         cache_datasets: the run's `cache_datasets`.
         views: the run's `augmented_views`. Defaults to `1`.
+        steps_per_epoch: the phase's `steps_per_epoch`. Defaults to `None`.
     """
     if not enabled:
         return CachePlan(0, "turned off (feature_cache=False)", "off")
+    if steps_per_epoch is not None:
+        return CachePlan(
+            0,
+            "`data` is read steps_per_epoch batches an epoch, not once",
+            "dataset_steps",
+        )
     for argument, x in data.items():
         if not isinstance(x, tf.data.Dataset):
             continue

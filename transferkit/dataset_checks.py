@@ -17,7 +17,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["check_class_ids", "check_dataset", "class_names_of", "prepare_dataset"]
+__all__ = [
+    "check_class_ids",
+    "check_dataset",
+    "check_sample_shape",
+    "class_names_of",
+    "prepare_dataset",
+    "shape_fits",
+]
 
 
 def check_dataset(
@@ -56,7 +63,9 @@ def check_dataset(
             "or an exhausted generator)"
         )
     x, y = first[:2]
-    _check_samples(tuple(x.shape[1:]), model, argument)
+    received = tuple(x.shape[1:])
+    way_out = _image_way_out(received, tuple(model.input_shape[1:]))
+    check_sample_shape(received, model, argument, way_out)
     _check_label_form(y.shape, argument, loss, one_hot, width)
     if y.shape.rank == 1 and y.dtype.is_integer:
         check_class_ids(np.asarray(y), argument, width, "its first batch")
@@ -149,24 +158,34 @@ def _check_label_form(
         )
 
 
-def _check_samples(received: tuple, model: keras.Model, argument: str) -> None:
+def check_sample_shape(
+    received: tuple, model: keras.Model, argument: str, way_out: str
+) -> None:
+    """Raises unless samples of shape `received` fit the model's input,
+    naming both shapes and `way_out` (if any)."""
     expected = tuple(model.input_shape[1:])
-    fits = len(received) == len(expected) and all(
-        e is None or e == r for r, e in zip(received, expected, strict=True)
+    if not shape_fits(received, expected):
+        raise ValueError(
+            f"The samples in `{argument}` have shape {received}, but the model "
+            f"expects {expected}." + (f" {way_out}" if way_out else "")
+        )
+
+
+def shape_fits(shape, expected) -> bool:
+    """Whether `shape` matches `expected`, where `None` matches any size."""
+    return len(shape) == len(expected) and all(
+        e is None or e == s for s, e in zip(shape, expected, strict=True)
     )
-    if fits:
-        return
-    hint = ""
+
+
+def _image_way_out(received: tuple, expected: tuple) -> str:
     if len(received) == len(expected) == 3:
-        hint = (
-            f" For an image folder, pass image_size={expected[:2]} and "
+        return (
+            f"For an image folder, pass image_size={expected[:2]} and "
             f"color_mode={'rgb' if expected[2] == 3 else 'grayscale'!r} to "
             "image_dataset_from_directory, or put a Resizing layer in front."
         )
-    raise ValueError(
-        f"The samples in `{argument}` have shape {received}, but the model "
-        f"expects {expected}.{hint}"
-    )
+    return ""
 
 
 def check_class_ids(labels: np.ndarray, argument: str, width: int, where="") -> None:

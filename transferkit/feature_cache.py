@@ -144,7 +144,8 @@ class FeatureCache:
                 )
                 for view in range(len(functions))
             ]
-            self.features[name] = FeatureViews(stores)  # Closed if a write fails.
+            views = FeatureViews(stores)
+            self.features[name] = views  # Closed if a write fails.
         for batch in self._batches(name, x):
             for store, function in zip(stores, functions, strict=True):
                 block = function(batch)
@@ -152,7 +153,7 @@ class FeatureCache:
         if self.folder is None:
             # Blocks, then one copy: twice the cache, for a moment.
             return tf.concat([block for store in stores for block in store], axis=0)
-        return stores[0] if len(stores) == 1 else FeatureViews(stores)
+        return stores[0] if len(stores) == 1 else views
 
     def _batches(self, name, x):
         """Input blocks of `x`; a dataset's labels go to `labels[name]`."""

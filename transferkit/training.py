@@ -350,12 +350,6 @@ def _watches_batches(callback) -> bool:
 
 
 def _plan_cache(model, options, train, validation, frozen) -> CachePlan:
-    if options.feature_cache and train.steps_per_epoch is not None:
-        return CachePlan(
-            0,
-            "`data` is read steps_per_epoch batches an epoch, not once",
-            "dataset_steps",
-        )
     data = {"data": train.x}
     if validation is not None:
         data["validation_data"] = validation.x
@@ -366,6 +360,7 @@ def _plan_cache(model, options, train, validation, frozen) -> CachePlan:
         enabled=options.feature_cache,
         cache_datasets=options.cache_datasets,
         views=options.augmented_views,
+        steps_per_epoch=train.steps_per_epoch,
     )
 
 

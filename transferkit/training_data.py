@@ -26,8 +26,10 @@ from transferkit.class_subset import ClassSubset
 from transferkit.dataset_checks import (
     check_class_ids,
     check_dataset,
+    check_sample_shape,
     class_names_of,
     prepare_dataset,
+    shape_fits,
 )
 
 __all__ = [
@@ -184,7 +186,8 @@ def prepare_data(
             f"shape {tuple(np.shape(x))}"
         )
     _ensure_built(model, tuple(np.shape(x)[1:]))
-    _check_input_shape(model, np.shape(x), argument)
+    shape = tuple(np.shape(x)[1:])
+    check_sample_shape(shape, model, argument, _reshape_hint(model))
     if check_finite:
         origin = data.indices if isinstance(data, ClassSubset) else None
         require_finite(x, f"`{argument}` (x)", origin)
@@ -327,22 +330,8 @@ def _ensure_built(model: keras.Model, sample_shape) -> None:
         model.build((None,) + tuple(sample_shape))
 
 
-def _check_input_shape(model: keras.Model, shape, argument: str) -> None:
-    expected = tuple(model.input_shape[1:])
-    received = tuple(shape[1:])
-    if not _fits(received, expected):
-        raise ValueError(
-            f"The samples in `{argument}` have shape {received}, but the "
-            f"model expects {expected}. Reshape the data, e.g. "
-            f"x.reshape((-1,) + {expected})."
-        )
-
-
-def _fits(shape, expected) -> bool:
-    """Whether `shape` matches `expected`, where `None` matches any size."""
-    return len(shape) == len(expected) and all(
-        e is None or e == s for s, e in zip(shape, expected, strict=True)
-    )
+def _reshape_hint(model: keras.Model) -> str:
+    return f"Reshape the data, e.g. x.reshape((-1,) + {tuple(model.input_shape[1:])})."
 
 
 def _prepare_labels(y, argument: str, model: keras.Model, loss):
@@ -350,7 +339,7 @@ def _prepare_labels(y, argument: str, model: keras.Model, loss):
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     output = tuple(model.output_shape[1:])
-    if y.ndim != 1 and not _fits(tuple(y.shape[1:]), output):
+    if y.ndim != 1 and not shape_fits(tuple(y.shape[1:]), output):
         raise ValueError(
             f"Expected the labels in `{argument}` to be class ids of shape "
             f"(n,) or (n, 1), or targets shaped like the model's output, "
