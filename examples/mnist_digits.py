@@ -49,8 +49,10 @@ from transferkit.report import (
     ensure_writable,
     figures_line,
     format_phase,
+    format_top_losses,
     write_report,
 )
+from transferkit.top_losses import top_losses
 
 FAST_STEPS_PER_EXECUTION = 32
 STRATEGIES = ("none", "mirrored", "multi-worker")
@@ -324,6 +326,9 @@ def main(argv=None) -> dict:
         validation_data=high_test,
     )
 
+    mistakes = top_losses(
+        run.model, high_test, phase=last.name, batch_size=args.batch_size
+    )
     report = build_report(
         run.results,
         dataset=data.source,
@@ -332,13 +337,16 @@ def main(argv=None) -> dict:
         confusion=confusion_matrix(
             run.model, high_test, phase=last.name, batch_size=args.batch_size
         ),
+        top_losses=mistakes,
     )
     print()
     for phase in report["phases"]:
         print(format_phase(phase), end="\n\n")
     print(f"Total: {report['total_seconds']:.1f} s on {data.source}")
+    print("\n" + "\n".join(format_top_losses(report)))
     if args.out and run.is_chief:
-        json_path, md_path = write_report(args.out, report)
+        images = {"top_losses": mistakes.images}
+        json_path, md_path = write_report(args.out, report, images=images)
         print(f"Wrote {json_path} and {md_path}")
         print(figures_line(report))
     run.close()  # Another process may now write the folder.

@@ -40,14 +40,17 @@ import tensorflow as tf
 from keras import layers
 
 from transferkit import LayerGroup, PhaseResult, TransferRun, mnist, split_classes
+from transferkit.preprocessing import ImagenetPreprocessing
 from transferkit.report import (
     build_report,
     confusion_matrix,
     ensure_writable,
     figures_line,
     format_phase,
+    format_top_losses,
     write_report,
 )
+from transferkit.top_losses import top_losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +69,9 @@ class Backbone:
     cut: str
     """The last layer of "bottom": a cut crossed by one tensor."""
 
-    preprocess: Callable[[np.ndarray], np.ndarray]
-    """Its `preprocess_input`, for pixel values 0-255."""
+    preprocessing: str
+    """The mode of its `preprocess_input` (`ImagenetPreprocessing`), for
+    pixel values 0-255."""
 
     options: dict = dataclasses.field(default_factory=dict)
     """Further constructor arguments."""
@@ -80,7 +84,7 @@ BACKBONES = {
         32,
         96,
         "block_12_add",
-        keras.applications.mobilenet_v2.preprocess_input,
+        "tf",
         {"alpha": 1.0},
     ),
     # The Keras Applications recipe: freeze up to and including mixed8
@@ -90,14 +94,14 @@ BACKBONES = {
         75,
         75,
         "mixed8",
-        keras.applications.inception_v3.preprocess_input,
+        "tf",
     ),
     "ResNet50": Backbone(
         keras.applications.ResNet50,
         32,
         32,
         "conv4_block6_out",
-        keras.applications.resnet50.preprocess_input,
+        "caffe",
     ),
 }
 
@@ -105,7 +109,9 @@ BACKBONES = {
 def build_model(
     backbone: Backbone, weights: str | None, classes: int, size: int
 ) -> keras.Sequential:
-    """The backbone split into "bottom" and "top", plus a new "head"."""
+    """The backbone's preprocessing ("preprocess", in the model so that
+    predictions on files and exports carry it), the backbone split into
+    "bottom" and "top", plus a new "head"."""
     base = backbone.build(
         input_shape=(size, size, 3),
         include_top=False,
@@ -119,6 +125,11 @@ def build_model(
         for layer in base.layers:
             if isinstance(layer, layers.BatchNormalization):
                 layer.momentum = 0.9
+    preprocess = LayerGroup(
+        "preprocess",
+        [ImagenetPreprocessing(backbone.preprocessing)],
+        input_shape=(size, size, 3),
+    )
     bottom, top = LayerGroup.split(base, at=backbone.cut, names=["bottom", "top"])
     head = LayerGroup(
         "head",
@@ -128,23 +139,23 @@ def build_model(
             layers.Dense(classes, activation="softmax"),
         ],
     )
-    return bottom + top + head
+    return preprocess + bottom + top + head
 
 
-def digits_as_images(images: np.ndarray, size: int, backbone: Backbone) -> np.ndarray:
-    """uint8 digits (n, 28, 28) -> the backbone's input, (n, size, size, 3)."""
+def digits_as_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 digits (n, 28, 28) -> images (n, size, size, 3), pixels 0-255."""
     out = np.empty((len(images), size, size, 3), "float32")
     for start in range(0, len(images), 2048):  # Bounded memory for the resize.
         block = tf.image.resize(
             images[start : start + 2048, :, :, None].astype("float32"), (size, size)
         )
         out[start : start + 2048] = tf.repeat(block, 3, axis=-1).numpy()
-    return backbone.preprocess(out)
+    return out
 
 
-def folder_datasets(folder: str, size: int, batch_size: int, seed: int, backbone):
+def folder_datasets(folder: str, size: int, batch_size: int, seed: int):
     """Training and validation datasets (80/20) of a folder of class
-    subfolders, preprocessed for the backbone; and the class names."""
+    subfolders, and the class names; the model preprocesses them."""
     train, validation = keras.utils.image_dataset_from_directory(
         folder,
         image_size=(size, size),
@@ -153,12 +164,7 @@ def folder_datasets(folder: str, size: int, batch_size: int, seed: int, backbone
         subset="both",
         seed=seed,
     )
-    names = train.class_names
-
-    def preprocess(x, y):
-        return backbone.preprocess(x), y
-
-    return train.map(preprocess), validation.map(preprocess), names
+    return train, validation, train.class_names
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -340,15 +346,15 @@ def main(argv=None) -> dict:
 
     if args.images:
         train, test, names = folder_datasets(
-            args.images, size, args.batch_size, args.seed, backbone
+            args.images, size, args.batch_size, args.seed
         )
         source, classes, pretrain = args.images, len(names), None
     else:
         data = mnist.load(args.data)
         if data.notice:
             print(data.notice, flush=True)
-        x_train = digits_as_images(data.x_train, size, backbone)
-        x_test = digits_as_images(data.x_test, size, backbone)
+        x_train = digits_as_images(data.x_train, size)
+        x_test = digits_as_images(data.x_test, size)
         digits = [range(0, 5), range(5, 10)]
         low, train = split_classes(x_train, data.y_train, digits)
         low_test, test = split_classes(x_test, data.y_test, digits)
@@ -373,6 +379,7 @@ def main(argv=None) -> dict:
         print(f"Stage '{name}' in {args.out}: {state}.", flush=True)
     last = run_stages(run, args, train, test, pretrain)
 
+    mistakes = top_losses(run.model, test, phase=last.name, batch_size=256)
     report = build_report(
         run.results,
         dataset=source,
@@ -389,16 +396,17 @@ def main(argv=None) -> dict:
             "feature_cache": args.feature_cache,
             "class_names": names,
         },
-        confusion=None
-        if args.images
-        else confusion_matrix(run.model, test, phase=last.name, batch_size=256),
+        confusion=confusion_matrix(run.model, test, phase=last.name, batch_size=256),
+        top_losses=mistakes,
     )
     print()
     for phase in report["phases"]:
         print(format_phase(phase), end="\n\n")
     print(f"Total: {report['total_seconds']:.1f} s on {source}")
+    print("\n" + "\n".join(format_top_losses(report)))
     if args.out:
-        json_path, md_path = write_report(args.out, report)
+        images = {"top_losses": mistakes.images}
+        json_path, md_path = write_report(args.out, report, images=images)
         print(f"Wrote {json_path} and {md_path}")
         print(figures_line(report))
     run.close()  # Another process may now write the folder.

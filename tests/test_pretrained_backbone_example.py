@@ -32,7 +32,10 @@ def test_the_offline_default_pretrains_then_transfers_in_cached_stages(
     pretrain, head, top, everything = report["phases"]
     assert pretrain["frozen_groups"] == [] and "trained" in pretrain["batch_norm"]
     assert head["frozen_groups"] == ["bottom", "top"]
-    assert head["cache"].endswith("layers Conv1..out_relu: covers the frozen groups")
+    # The backbone's preprocessing is the model's first layer, cached with it.
+    assert head["cache"].endswith(
+        "layers imagenet_preprocessing..out_relu: covers the frozen groups"
+    )
     assert top["frozen_groups"] == ["bottom"]
     assert "ends at 'block_12_add' in 'mobilenetv2_1.00_32'" in top["cache"]
     assert top["lr_multipliers"] == {"top": 0.1}
@@ -45,6 +48,12 @@ def test_the_offline_default_pretrains_then_transfers_in_cached_stages(
     assert head["classes"] == [5, 6, 7, 8, 9]
     assert json.loads((out / "report.json").read_text())["phases"][3]["name"] == "all"
     assert (out / "learning_curves.png").is_file()
+    mistakes = report["top_losses"]
+    fives_to_nines = np.isin(np.load(digits)["y_test"], range(5, 10)).sum()
+    assert mistakes["total"] == fives_to_nines and mistakes["rows"]
+    assert all(row["true"] != row["predicted"] for row in mistakes["rows"])
+    assert {row["true"] for row in mistakes["rows"]} <= {5, 6, 7, 8, 9}
+    assert (out / "top_losses.png").is_file() and (out / "confusion_matrix.png").is_file()
 
     capsys.readouterr()
     again = example.main(list(map(str, args)))  # The same command resumes.
@@ -84,6 +93,11 @@ def test_a_folder_of_images_needs_pretrained_weights_and_transfers(
     assert report["settings"]["class_names"] == ["cats", "dogs"]
     assert report["phases"][0]["cache"].split(";")[0].endswith("MiB in memory")
     assert report["phases"][1]["frozen_unchanged"] is True
+    # The test images are named in the top losses; the confusion matrix counts
+    # them all (2 of the 10 files, by the 80/20 split).
+    rows = report["top_losses"]["rows"]
+    assert all(row["file"].endswith(".png") for row in rows)
+    assert sum(map(sum, report["confusion_matrix"]["matrix"])) == 2
 
 
 def test_imagenet_weights_offline_fail_in_one_line_with_a_way_out(

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 from conftest import make_data, make_model
 
@@ -23,6 +24,7 @@ from transferkit.report import (
     load_report,
     write_report,
 )
+from transferkit.top_losses import top_losses
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +162,66 @@ def test_a_confusion_matrix_counts_in_original_class_ids(report):
 
     assert confusion["classes"] == [3, 4, 5]
     assert confusion["matrix"] == [[0, 0, 10], [0, 0, 10], [0, 0, 10]]
+
+
+class Scripted(keras.Model):
+    """Outputs fixed probabilities per sample: sample i's row of `table`."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = keras.ops.convert_to_tensor(table, "float32")
+
+    def call(self, inputs):
+        rows = keras.ops.cast(inputs[:, 0, 0, 0], "int32")
+        return keras.ops.take(self.table, rows, axis=0)
+
+
+def test_top_losses_are_the_most_confidently_wrong_samples_worst_first():
+    x = np.zeros((6, 8, 8, 1), "float32")
+    x[:, 0, 0, 0] = np.arange(6)  # Each sample says which row it gets.
+    y = np.array([0, 0, 1, 1, 2, 2])
+    table = [
+        [0.9, 0.05, 0.05],  # right
+        [0.2, 0.7, 0.1],  # wrong, p(true)=0.2
+        [0.01, 0.04, 0.95],  # wrong, p(true)=0.04: the worst
+        [0.3, 0.6, 0.1],  # right
+        [0.5, 0.1, 0.4],  # wrong, p(true)=0.4
+        [0.1, 0.1, 0.8],  # right
+    ]
+    subset = ClassSubset(x, y, classes=(4, 6, 8), indices=np.arange(6))
+
+    top = top_losses(Scripted(table), subset, phase="fine_tune", count=2)
+
+    assert (top.wrong, top.total, top.classes) == (3, 6, [4, 6, 8])
+    assert [row["index"] for row in top.rows] == [2, 1]
+    worst = top.rows[0]
+    assert (worst["true"], worst["predicted"]) == (6, 8)
+    assert worst["probability"] == pytest.approx(0.95)
+    assert worst["loss"] == pytest.approx(-np.log(0.04), rel=1e-6)
+    np.testing.assert_array_equal(top.images, x[[2, 1]])
+
+
+def test_the_report_lists_and_draws_the_top_losses(tmp_path, report, capsys):
+    x = np.zeros((3, 8, 8, 1), "float32")
+    x[:, 0, 0, 0] = np.arange(3)
+    top = top_losses(
+        Scripted([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]]),
+        (x, np.array([0, 0, 1])),
+        phase="fine_tune",
+    )
+    report = build_report(
+        [], dataset="tiny", total_seconds=1.0, top_losses=top
+    ) | {"phases": report["phases"]}
+
+    write_report(tmp_path, report, images={"top_losses": top.images})
+
+    assert report["figures"]["top_losses"] == "top_losses.png"
+    assert (tmp_path / "top_losses.png").stat().st_size > 0
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## Top losses, phase 'fine_tune': the 1 most confidently wrong of 1 mistakes in 3 samples" in markdown
+    assert "| 0 | 0 | 1 | 0.900 | 2.30 |" in markdown
+    assert cli(["report", str(tmp_path)]) == 0
+    assert "sample  true  predicted  p      loss" in capsys.readouterr().out
 
 
 def test_both_figures_are_drawn_for_a_report_with_a_confusion_matrix(tmp_path, report):

@@ -3,9 +3,10 @@
 >>> from transferkit import LayerGroup, TransferRun, ClassSubset, split_classes
 
 The names below are imported on first use. `import transferkit` imports
-only the layer-group module, which registers `GroupedSequential` with Keras
-so that `keras.saving.load_model` finds it; `python -m transferkit report
-DIR` skips even that, and reads a report without starting TensorFlow.
+only the modules that register layers with Keras (`GroupedSequential`,
+`ImagenetPreprocessing`), so that `keras.saving.load_model` finds them;
+`python -m transferkit report DIR` skips even that, and reads a report
+without starting TensorFlow.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ClassSubset": "transferkit.class_subset",
     "GroupedSequential": "transferkit.layer_group",
+    "ImagenetPreprocessing": "transferkit.preprocessing",
     "LayerGroup": "transferkit.layer_group",
     "PhaseResult": "transferkit.phase_result",
     "TransferRun": "transferkit.transfer_run",
+    "export": "transferkit.exporting",
     "load_report": "transferkit.report",
     "saved_phases": "transferkit.run_state",
     "split_classes": "transferkit.class_subset",
@@ -30,9 +33,11 @@ _EXPORTS = {
 __all__ = [
     "ClassSubset",
     "GroupedSequential",
+    "ImagenetPreprocessing",
     "LayerGroup",
     "PhaseResult",
     "TransferRun",
+    "export",
     "load_report",
     "saved_phases",
     "split_classes",
@@ -41,11 +46,14 @@ __all__ = [
 # While `python -m transferkit` locates its `__main__`, argv[0] is "-m".
 if sys.argv[:1] != ["-m"]:
     importlib.import_module("transferkit.layer_group")
+    importlib.import_module("transferkit.preprocessing")
 
 if TYPE_CHECKING:
     from transferkit.class_subset import ClassSubset, split_classes
+    from transferkit.exporting import export
     from transferkit.layer_group import GroupedSequential, LayerGroup
     from transferkit.phase_result import PhaseResult
+    from transferkit.preprocessing import ImagenetPreprocessing
     from transferkit.report import load_report
     from transferkit.run_state import saved_phases
     from transferkit.transfer_run import TransferRun

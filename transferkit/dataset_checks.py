@@ -17,6 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from transferkit.sample_weights import weights_of_label_tensor
+
 __all__ = [
     "check_class_ids",
     "check_dataset",
@@ -80,10 +82,18 @@ def class_names_of(dataset: tf.data.Dataset) -> tuple[str, ...] | None:
     return tuple(names)
 
 
-def prepare_dataset(dataset, argument: str, model: keras.Model, one_hot: bool):
+def prepare_dataset(
+    dataset, argument: str, model: keras.Model, one_hot: bool, class_weights=None
+):
     """`dataset` with its class ids checked as they pass (and made one-hot
-    when `one_hot`); other labels as they are."""
+    when `one_hot`), other labels as they are; with `class_weights` (a weight
+    per class id), each batch gets its samples' weights as a third element,
+    as `fit(class_weight=...)` gives them."""
     y_spec = dataset.element_spec[1]
+    if class_weights is not None:
+        dataset = dataset.map(
+            lambda x, y: (x, y, weights_of_label_tensor(y, class_weights))
+        )
     if not (y_spec.dtype.is_integer and y_spec.shape.rank == 1):
         return dataset
     width = int(model.output_shape[-1])

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from transferkit._io import os_error
+from transferkit.inference import predict_function
 from transferkit.run_lock import LOCK_FILE, try_lock
 
 __all__ = [
@@ -92,8 +93,9 @@ class FeatureCache:
         # A dataset's first batch is read here once, for the probe and the
         # size; the features are computed in the pass below.
         firsts = [_first_batch(x) for x in inputs.values()]
-        forward = _inference(layers, firsts[0])
-        augmented = _inference(layers, firsts[0], augmenting) if views > 1 else forward
+        spec = tf.TensorSpec(firsts[0].shape, firsts[0].dtype)
+        forward = predict_function(layers, spec)
+        augmented = predict_function(layers, spec, augmenting) if views > 1 else forward
         probe = forward(firsts[0][:1])
         self.views = views
         self.sample_shape = tuple(probe.shape[1:])
@@ -118,6 +120,7 @@ class FeatureCache:
             self.folder = Path(folder)
         self.features: dict[str, tf.Tensor | FeatureFile | FeatureViews] = {}
         self.labels: dict[str, np.ndarray] = {}
+        self.sample_weights: dict[str, np.ndarray] = {}  # Those a dataset yields.
         self.batch_sizes: dict[str, int] = {}
         try:
             for name, x in inputs.items():
@@ -162,16 +165,21 @@ class FeatureCache:
             for start in range(0, len(x), block):
                 yield tf.constant(x[start : start + block])
             return
-        labels = []
+        labels, weights = [], []
         for batch in x:
             if not labels:
                 self.batch_sizes[name] = int(tf.shape(batch[0])[0])
             labels.append(np.asarray(batch[1]))
+            if len(batch) > 2:  # (x, y, sample_weight)
+                weights.append(np.asarray(batch[2]))
             yield batch[0]
         self.labels[name] = np.concatenate(labels)
+        if weights:
+            self.sample_weights[name] = np.concatenate(weights)
 
-    def dataset(self, name, labels, batch_size, *, shuffle):
-        """One epoch of `(features, labels)` batches for `fit`: a
+    def dataset(self, name, labels, batch_size, *, shuffle, sample_weight=None):
+        """One epoch of `(features, labels)` batches for `fit` (with
+        `sample_weight`, one weight per sample, a third element): a
         `tf.data.Dataset` that gathers each batch from memory, or a
         `keras.utils.PyDataset` that reads it from the files. Shuffled anew
         every epoch when `shuffle`, from TensorFlow's (or, for files,
@@ -181,9 +189,18 @@ class FeatureCache:
         views = self.views_of(name)
         if isinstance(features, FeatureFile | FeatureViews):
             return FeatureBatches(
-                features, labels, batch_size, shuffle=shuffle, views=views
+                features,
+                labels,
+                batch_size,
+                shuffle=shuffle,
+                views=views,
+                sample_weight=sample_weight,
             )
-        labels = tf.constant(labels)
+        per_sample = tuple(
+            tf.constant(values)
+            for values in (labels, sample_weight)
+            if values is not None
+        )
         size = len(features) // views
 
         def batches_of_rows(_):
@@ -205,13 +222,13 @@ class FeatureCache:
             .flat_map(batches_of_rows)
             .apply(tf.data.experimental.assert_cardinality(-(-size // batch_size)))
         )
-        arrays = tf.data.Dataset.from_tensors((features, labels)).repeat()
+        arrays = tf.data.Dataset.from_tensors((features, *per_sample)).repeat()
         return (
             tf.data.Dataset.zip((rows, arrays))
             .map(
                 lambda rows, arrays: (
                     tf.gather(arrays[0], rows),
-                    tf.gather(arrays[1], rows % size),
+                    *(tf.gather(values, rows % size) for values in arrays[1:]),
                 )
             )
             .prefetch(tf.data.AUTOTUNE)
@@ -281,20 +298,6 @@ def _forward_block(x) -> int:
     sample = math.prod(x.shape[1:]) * itemsize
     low, high = _FORWARD_LIMITS
     return max(low, min(high, _FORWARD_BYTES // max(1, sample)))
-
-
-def _inference(layers, example: tf.Tensor, augmenting: int = 0):
-    """The layers in inference mode (the first `augmenting` in training
-    mode: augmentation draws), as one function traced once for any number of
-    samples shaped like `example`'s (the last block is shorter)."""
-
-    def forward(batch):
-        for index, layer in enumerate(layers):
-            batch = layer(batch, training=index < augmenting)
-        return batch
-
-    spec = tf.TensorSpec((None, *example.shape[1:]), example.dtype)
-    return tf.function(forward, input_signature=[spec])
 
 
 class FeatureFile:
@@ -420,9 +423,12 @@ class FeatureBatches(keras.utils.PyDataset):
     order is drawn from NumPy's global generator, which a seeded run
     seeds."""
 
-    def __init__(self, features, labels, batch_size, *, shuffle, views=1):
+    def __init__(
+        self, features, labels, batch_size, *, shuffle, views=1, sample_weight=None
+    ):
         super().__init__()
         self.features, self.labels = features, labels
+        self.sample_weight = sample_weight
         self.batch_size, self.shuffle, self.views = batch_size, shuffle, views
         self.samples = len(features) // views
         self._permutation = np.arange(self.samples)
@@ -433,7 +439,14 @@ class FeatureBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        return self.features.read(rows), self.labels[rows % self.samples]
+        samples = rows % self.samples
+        if self.sample_weight is None:
+            return self.features.read(rows), self.labels[samples]
+        return (
+            self.features.read(rows),
+            self.labels[samples],
+            self.sample_weight[samples],
+        )
 
     def on_epoch_end(self):
         if self.shuffle:

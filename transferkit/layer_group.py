@@ -343,6 +343,10 @@ class GroupedSequential(keras.Sequential):
         super().__init__(layers=layers, name=name, **kwargs)
         self._layer_groups = groups
         self._class_names: tuple[str, ...] | None = None
+        self.input_recipe: dict | None = None
+        """How the model's images were loaded in training (an
+        `InputRecipe`'s config); saved and loaded with the model. A
+        `TransferRun` records it from an image dataset."""
 
     @property
     def class_names(self) -> tuple[str, ...] | None:
@@ -396,6 +400,8 @@ class GroupedSequential(keras.Sequential):
         config["groups"] = [_group_config(group) for group in self._layer_groups]
         if self._class_names is not None:
             config["class_names"] = list(self._class_names)
+        if self.input_recipe is not None:
+            config["input_recipe"] = dict(self.input_recipe)
         return config
 
     @classmethod
@@ -403,7 +409,9 @@ class GroupedSequential(keras.Sequential):
         config = dict(config)
         group_specs = config.pop("groups", [])
         class_names = config.pop("class_names", None)
+        recipe = config.pop("input_recipe", None)
         model = super().from_config(config, custom_objects=custom_objects)
+        model.input_recipe = recipe
         by_name = {layer.name: layer for layer in model.layers}
         groups = []
         for index, (group_name, layer_names, *flags) in enumerate(group_specs):

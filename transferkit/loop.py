@@ -191,10 +191,12 @@ class InMemoryLoop(_Loop):
         x: training samples, an array or a tensor (with several workers,
             this worker's shard).
         y: training labels as the loss takes them.
+        sample_weight: one weight per training sample, or `None`.
         batch_size: samples per step, for all replicas together; the epoch's
             last batch may be smaller.
         steps_per_call: training steps per call into TensorFlow.
-        validation: `(x, y)` evaluated after every epoch, or `None`.
+        validation: `(x, y)` or `(x, y, sample_weight)` evaluated after
+            every epoch, or `None`.
         distribution: the run's strategy. Defaults to `None` (one device).
         views: views of each sample that `x` holds (row `k * samples + i`
             is view `k` of sample `i`; `y` has one label per sample); each
@@ -210,33 +212,40 @@ class InMemoryLoop(_Loop):
         *,
         batch_size: int,
         steps_per_call: int,
-        validation: tuple[Any, Any] | None = None,
+        sample_weight: Any = None,
+        validation: tuple | None = None,
         distribution: Distribution | None = None,
         views: int = 1,
     ):
         super().__init__(
             model, steps_per_call=steps_per_call, distribution=distribution
         )
-        self.x, self.y = _tensor(x), _tensor(y)
+        self.x = _tensor(x)
         self.views = views
         self.rows = int(self.x.shape[0]) // views  # Samples per epoch.
-        if views > 1:  # A label for every row.
-            self.y = tf.tile(self.y, [views] + [1] * (len(self.y.shape) - 1))
+        # A label (and weight) for every row.
+        self.per_sample = tuple(
+            _tile(_tensor(values), views)
+            for values in (y, sample_weight)
+            if values is not None
+        )
         self.batch_size = batch_size
         # Each worker's part of a global batch.
         self._worker_batch = batch_size // self.distribution.workers
         self.steps = self._steps(self.rows)
         self.steps_per_call = max(1, min(steps_per_call, self.steps))
-        self.validation: tuple[tf.Tensor, tf.Tensor] | None = None
+        self.validation: tuple[tf.Tensor, ...] | None = None
         self.validation_steps = 0
         if validation is not None:
-            self.validation = (_tensor(validation[0]), _tensor(validation[1]))
+            self.validation = tuple(_tensor(values) for values in validation)
             self.validation_steps = self._steps(int(self.validation[0].shape[0]))
         # Keras builds the optimizer and metrics while tracing `fit`'s step;
         # inside this loop's `tf.while_loop` no variable may be created, so
         # build them first, as `fit` does under a distribution strategy.
         with self.distribution.scope():
-            model._symbolic_build(data_batch=(self.x[:1], self.y[:1]))
+            model._symbolic_build(
+                data_batch=tuple(t[:1] for t in (self.x, *self.per_sample))
+            )
         if self._distributed:
             functions = self._distributed_train_steps, self._distributed_test_steps
         else:
@@ -259,7 +268,7 @@ class InMemoryLoop(_Loop):
         if self.views > 1:
             view = tf.random.uniform([self.rows], 0, self.views, tf.int32)
             order += self.rows * view
-        return self._calls(self._train, self.steps, self.x, self.y, order)
+        return self._calls(self._train, self.steps, order, self.x, *self.per_sample)
 
     def _test_calls(self):
         return self._calls(self._test, self.validation_steps, *self.validation)
@@ -269,48 +278,52 @@ class InMemoryLoop(_Loop):
             count = min(self.steps_per_call, steps - first)
 
             def run(first=first, count=count):
-                function(*tensors, _int(first), _int(count))
+                function(_int(first), _int(count), *tensors)
                 return count
 
             yield first, run
 
-    def _train_steps(self, x, y, order, first, count):
+    # Each call runs `count` steps from step `first` on the `data` tensors
+    # (samples, labels, and weights where given); a train call takes the
+    # epoch's `order` of the rows first.
+
+    def _train_steps(self, first, count, order, *data):
         size = tf.shape(order)[0]
         for step in tf.range(first, first + count):
             start = step * self.batch_size
             rows = order[start : tf.minimum(size, start + self.batch_size)]
-            self.model.train_step((tf.gather(x, rows), tf.gather(y, rows)))
+            self.model.train_step(tuple(tf.gather(t, rows) for t in data))
 
-    def _test_steps(self, x, y, first, count):
-        size = tf.shape(x)[0]
+    def _test_steps(self, first, count, *data):
+        size = tf.shape(data[0])[0]
         for step in tf.range(first, first + count):
             start = step * self.batch_size
             end = tf.minimum(size, start + self.batch_size)
-            self.model.test_step((x[start:end], y[start:end]))
+            self.model.test_step(tuple(t[start:end] for t in data))
 
-    def _distributed_train_steps(self, x, y, order, first, count):
+    def _distributed_train_steps(self, first, count, order, *data):
         strategy = self.distribution.strategy
         for step in tf.range(first, first + count):
             start = step * self._worker_batch
             rows = order[start : start + self._worker_batch]
-            strategy.run(self._replica_train_step, args=(x, y, rows))
+            strategy.run(self._replica_train_step, args=(rows, *data))
         self._after_call()
 
-    def _distributed_test_steps(self, x, y, first, count):
+    def _distributed_test_steps(self, first, count, *data):
         strategy = self.distribution.strategy
-        size = tf.shape(x)[0]
+        size = tf.shape(data[0])[0]
         for step in tf.range(first, first + count):
             start = tf.minimum(size, step * self._worker_batch)
             rows = tf.range(start, tf.minimum(size, start + self._worker_batch))
-            strategy.run(self._replica_test_step, args=(x, y, rows))
+            strategy.run(self._replica_test_step, args=(rows, *data))
 
-    def _replica_train_step(self, x, y, rows):
-        self.model.train_step(self._replica_batch_of(x, y, rows))
+    def _replica_train_step(self, rows, *data):
+        self.model.train_step(self._replica_batch_of(rows, data))
 
-    def _replica_test_step(self, x, y, rows):
-        self.model.test_step(self._replica_batch_of(x, y, rows))
+    def _replica_test_step(self, rows, *data):
+        self.model.test_step(self._replica_batch_of(rows, data))
 
-    def _replica_batch_of(self, x, y, rows):
+    def _replica_batch_of(self, rows, data):
         """This replica's consecutive share of the worker's `rows`, gathered
         where the data is held. A full batch gives every replica the same
         count; a last, smaller one is split as evenly as it goes (a replica
@@ -320,7 +333,7 @@ class InMemoryLoop(_Loop):
         count, replicas = tf.shape(rows)[0], self.distribution.local_replicas
         mine = rows[local * count // replicas : (local + 1) * count // replicas]
         with tf.device(self.distribution.host):
-            return tf.gather(x, mine), tf.gather(y, mine)
+            return tuple(tf.gather(t, mine) for t in data)
 
 
 class DatasetLoop(_Loop):
@@ -425,6 +438,13 @@ def _one_of(spec):
 def _int(value: int) -> tf.Tensor:
     """A step number as a tensor, so that each value does not retrace."""
     return tf.constant(value, tf.int32)
+
+
+def _tile(values: tf.Tensor, views: int) -> tf.Tensor:
+    """Per-sample `values` repeated for each of `views` views of the rows."""
+    if views == 1:
+        return values
+    return tf.tile(values, [views] + [1] * (len(values.shape) - 1))
 
 
 def _tensor(values) -> tf.Tensor:

@@ -20,10 +20,12 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from transferkit.arguments import require_choice, require_count, require_epochs
 from transferkit.errors import NonFiniteError
 from transferkit.freeze_proof import changed_variables, count_params
+from transferkit.input_recipe import recipe_of_dataset
 from transferkit.layer_group import LayerGroup
 from transferkit.optimizers import (
     OptimizerSpec,
@@ -79,6 +81,7 @@ class Phases:
         backbone_batch_norm: str,
         freeze: Sequence[LayerGroup] = (),
         steps_per_epoch: int | None = None,
+        class_weight: Any = None,
     ) -> PhaseResult:
         """One phase, start to end, under the run's strategy; each step is a
         method below. A phase that fails goes back to its last saved epoch,
@@ -92,7 +95,7 @@ class Phases:
         if steps_per_epoch is not None:
             steps_per_epoch = require_count(steps_per_epoch, "steps_per_epoch")
         train, validation = self._prepare_phase_data(
-            data, validation_data, steps_per_epoch
+            data, validation_data, steps_per_epoch, class_weight
         )
         phase_optimizer = self._make_optimizer(optimizer, multipliers)
         spec = phase_spec(
@@ -170,9 +173,13 @@ class Phases:
         return error
 
     def _prepare_phase_data(
-        self, data: Data, validation_data: Data | None, steps_per_epoch: int | None
+        self,
+        data: Data,
+        validation_data: Data | None,
+        steps_per_epoch: int | None,
+        class_weight: Any = None,
     ) -> tuple[PhaseData, PhaseData | None]:
-        train = self._prepare(data, "data", steps_per_epoch)
+        train = self._prepare(data, "data", steps_per_epoch, class_weight)
         validation = (
             None
             if validation_data is None
@@ -180,6 +187,10 @@ class Phases:
         )
         check_same_classes(train, validation)
         self._adopt_class_names(train, validation)
+        if isinstance(data, tf.data.Dataset):
+            recipe = recipe_of_dataset(data)
+            if recipe is not None and hasattr(self._model, "input_recipe"):
+                self._model.input_recipe = recipe.to_config()
         return train, validation
 
     def _adopt_class_names(
@@ -202,7 +213,11 @@ class Phases:
             self._model.class_names = known = names
 
     def _prepare(
-        self, data: Data, argument: str, steps_per_epoch: int | None = None
+        self,
+        data: Data,
+        argument: str,
+        steps_per_epoch: int | None = None,
+        class_weight: Any = None,
     ) -> PhaseData:
         return prepare_data(
             data,
@@ -212,6 +227,7 @@ class Phases:
             batch_size=self._batch_size,
             check_finite=self._check_finite,
             steps_per_epoch=steps_per_epoch,
+            class_weight=class_weight,
         )
 
     def _make_optimizer(

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 
 from transferkit.layer_group import LayerGroup
 from transferkit.optimizers import optimizer_fingerprint
@@ -134,14 +135,23 @@ def differences(recorded: Any, current: Any, prefix: str = "") -> list[str]:
 
 def _data_fingerprint(data: PhaseData) -> dict[str, Any]:
     """What identifies a phase's data in a plan: size, classes, and digests
-    of the labels and of the samples (every byte of both)."""
+    of the labels and of the samples (every byte of both), and of the
+    weights where there are any."""
     if data.is_dataset:
+        fingerprint = {"type": "dataset"}
         if data.steps_per_epoch is not None:
-            return {"type": "dataset", "steps_per_epoch": data.steps_per_epoch}
-        return {"type": "dataset"}
-    return {
-        "samples": data.samples,
-        "classes": list(data.classes) if data.classes else None,
-        "labels_sha256": data.labels_sha256,
-        "samples_sha256": data.samples_sha256,
-    }
+            fingerprint["steps_per_epoch"] = data.steps_per_epoch
+    else:
+        fingerprint = {
+            "samples": data.samples,
+            "classes": list(data.classes) if data.classes else None,
+            "labels_sha256": data.labels_sha256,
+            "samples_sha256": data.samples_sha256,
+        }
+    # Recorded only when set, so that folders from before they existed resume.
+    if data.class_weights is not None:
+        fingerprint["class_weights"] = list(data.class_weights)
+    if data.sample_weight is not None:
+        digest = hashlib.sha256(np.ascontiguousarray(data.sample_weight).tobytes())
+        fingerprint["sample_weight_sha256"] = digest.hexdigest()
+    return fingerprint

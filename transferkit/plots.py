@@ -14,15 +14,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from transferkit._io import atomic_output  # noqa: E402
 
-__all__ = ["plot_confusion_matrix", "plot_learning_curves", "write_figures"]
+__all__ = [
+    "plot_confusion_matrix",
+    "plot_learning_curves",
+    "plot_learning_rate_sweep",
+    "plot_top_losses",
+    "write_figures",
+]
 
 
-def write_figures(report: Mapping[str, Any], directory: Path) -> dict[str, str]:
+def write_figures(
+    report: Mapping[str, Any],
+    directory: Path,
+    images: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
     """Writes the report's figures into `directory`, each atomically.
 
     Returns:
         Figure title -> file name: `learning_curves` always,
-        `confusion_matrix` when the report has one.
+        `confusion_matrix` when the report has one, `top_losses` when it
+        has them and `images["top_losses"]` holds their samples.
     """
     written = {}
     figure = plot_learning_curves(report)
@@ -30,6 +41,10 @@ def write_figures(report: Mapping[str, Any], directory: Path) -> dict[str, str]:
     if report.get("confusion_matrix"):
         figure = plot_confusion_matrix(report["confusion_matrix"])
         written["confusion_matrix"] = _save(figure, directory / "confusion_matrix.png")
+    samples = (images or {}).get("top_losses")
+    if report.get("top_losses") and samples is not None:
+        figure = plot_top_losses(report["top_losses"], samples)
+        written["top_losses"] = _save(figure, directory / "top_losses.png")
     return written
 
 
@@ -97,6 +112,59 @@ def plot_confusion_matrix(confusion: Mapping[str, Any]):
             color = "white" if count > peak / 2 else "black"
             axis.text(j, i, str(count), ha="center", va="center", color=color)
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+    figure.tight_layout()
+    return figure
+
+
+def plot_top_losses(top: Mapping[str, Any], images):
+    """Each mistake's image, titled with its true and predicted class, the
+    predicted class's probability and the loss; worst first."""
+    rows = top["rows"]
+    columns = min(4, len(rows))
+    lines = -(-len(rows) // columns)
+    figure, axes = plt.subplots(
+        lines, columns, figsize=(2.3 * columns, 2.5 * lines), squeeze=False
+    )
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, row, image in zip(axes.flat, rows, images, strict=False):
+        pixels = image[..., 0] if image.shape[-1] == 1 else image
+        low, high = float(pixels.min()), float(pixels.max())
+        axis.imshow((pixels - low) / max(high - low, 1e-12), cmap="gray")
+        name = f"{row['file'].rsplit('/', 1)[-1]}\n" if "file" in row else ""
+        axis.set_title(
+            f"{name}true {row['true']}, predicted {row['predicted']}\n"
+            f"p={row['probability']:.2f}, loss {row['loss']:.2f}",
+            fontsize=7,
+        )
+    figure.suptitle(
+        f"Top losses, phase '{top['phase']}': {top['wrong']} of {top['total']} wrong",
+        fontsize=9,
+    )
+    figure.tight_layout()
+    return figure
+
+
+def plot_learning_rate_sweep(sweep):
+    """The loss of every step against its learning rate (log scale), the
+    smoothed loss over it, the suggested rate marked."""
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    axis.plot(sweep.learning_rates, sweep.losses, ".", alpha=0.35, label="batch loss")
+    axis.plot(sweep.learning_rates, sweep.smoothed, "-", label="smoothed")
+    axis.axvline(sweep.suggested, color="C2", linestyle="--")
+    axis.annotate(
+        f"suggested {sweep.suggested:.2g}\n({sweep.rule})",
+        xy=(sweep.suggested, 0.95),
+        xycoords=("data", "axes fraction"),
+        va="top",
+        fontsize=8,
+    )
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("loss")
+    axis.set_title(f"Learning-rate sweep of {', '.join(sweep.trained)}", fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower left")
     figure.tight_layout()
     return figure
 

@@ -29,6 +29,7 @@ __all__ = [
     "figures_line",
     "format_markdown",
     "format_phase",
+    "format_top_losses",
     "load_report",
     "write_report",
 ]
@@ -52,6 +53,7 @@ def build_report(
     total_seconds: float,
     settings: Mapping[str, Any] | None = None,
     confusion: Mapping[str, Any] | None = None,
+    top_losses: Any = None,
 ) -> dict[str, Any]:
     """The JSON-ready record of a run.
 
@@ -63,10 +65,13 @@ def build_report(
             options. Defaults to `None`.
         confusion: a confusion matrix from `confusion_matrix`. Defaults to
             `None`.
+        top_losses: the worst mistakes, from `transferkit.top_losses.
+            top_losses` (or its `to_dict()`). Defaults to `None`.
 
     Returns:
         `{"schema_version", "transferkit_version", "dataset", "phases",
-        "total_seconds", "settings", "confusion_matrix", "figures"}`. Each
+        "total_seconds", "settings", "confusion_matrix", "top_losses",
+        "figures"}`. Each
         phase holds every `PhaseResult` field (per-epoch `history` included)
         plus `test_loss`, `test_accuracy` (from its validation data, `None`
         without), `samples_per_second` and `class_mapping` (label ->
@@ -98,8 +103,15 @@ def build_report(
         "total_seconds": float(total_seconds),
         "settings": dict(settings or {}),
         "confusion_matrix": dict(confusion) if confusion else None,
+        "top_losses": _top_losses_dict(top_losses),
         "figures": {},
     }
+
+
+def _top_losses_dict(top: Any) -> dict[str, Any] | None:
+    if top is None:
+        return None
+    return dict(top.to_dict() if hasattr(top, "to_dict") else top)
 
 
 def confusion_matrix(
@@ -127,24 +139,11 @@ def confusion_matrix(
         `{"phase", "classes", "matrix"}`: `matrix[i][j]` counts samples of
         `classes[i]` predicted as `classes[j]`.
     """
-    import tensorflow as tf  # Here: reading a report must not start TensorFlow.
+    # Here: reading a report must not start TensorFlow.
+    from transferkit.inference import predict
 
-    # A plain forward pass rather than `predict`, which under a multi-worker
-    # strategy gathers its outputs across the workers.
-    forward = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1))
-    if isinstance(data, tf.data.Dataset):
-        batches = [(forward(x).numpy(), _class_ids(y)) for x, y, *_ in data]
-        predicted = np.concatenate([p for p, _ in batches])
-        truth = np.concatenate([t for _, t in batches])
-    else:
-        x, y = (data.x, data.y) if isinstance(data, ClassSubset) else data
-        predicted = np.concatenate(
-            [
-                forward(tf.constant(x[start : start + batch_size])).numpy()
-                for start in range(0, len(x), batch_size)
-            ]
-        )
-        truth = _class_ids(y)
+    predictions = predict(model, data, batch_size=batch_size)
+    predicted, truth = predictions.predicted, predictions.labels
     if isinstance(data, ClassSubset):
         size = data.num_classes
     elif getattr(model, "built", False) and getattr(model, "outputs", None):
@@ -160,14 +159,6 @@ def confusion_matrix(
         "classes": list(names),
         "matrix": matrix.reshape(size, size).tolist(),
     }
-
-
-def _class_ids(y) -> np.ndarray:
-    """Class ids from ids or one-hot rows."""
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] > 1:
-        return y.argmax(axis=1)
-    return y.reshape(-1).astype(np.int64)
 
 
 def phase_rows(phase: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -244,6 +235,7 @@ def format_markdown(report: Mapping[str, Any]) -> str:
             lines += ["", f"Figures skipped: {name}"]
         else:
             lines += ["", f"![{title.replace('_', ' ')}]({name})"]
+    lines += format_top_losses(report, markdown=True)
     settings = report.get("settings") or {}
     if settings:
         lines += [
@@ -253,15 +245,56 @@ def format_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def format_top_losses(
+    report: Mapping[str, Any], *, markdown: bool = False
+) -> list[str]:
+    """The report's top losses as lines: a Markdown table, or plain text."""
+    top = report.get("top_losses")
+    if not top or not top.get("rows"):
+        return []
+    title = (
+        f"Top losses, phase '{top['phase']}': the {len(top['rows'])} most "
+        f"confidently wrong of {top['wrong']} mistakes in {top['total']} samples"
+    )
+    named = "file" in top["rows"][0]
+    header = ["file" if named else "sample", "true", "predicted", "p", "loss"]
+    cells = [
+        [
+            str(row["file"] if named else row["index"]),
+            str(row["true"]),
+            str(row["predicted"]),
+            f"{row['probability']:.3f}",
+            f"{row['loss']:.2f}",
+        ]
+        for row in top["rows"]
+    ]
+    if markdown:
+        return (
+            ["", f"## {title}", "", "| " + " | ".join(header) + " |"]
+            + ["|" + "---|" * len(header)]
+            + ["| " + " | ".join(cell) + " |" for cell in cells]
+        )
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    return [title] + [
+        "  ".join(f"{v:<{w}}" for v, w in zip(line, widths, strict=True))
+        for line in [header, *cells]
+    ]
+
+
 def write_report(
-    directory: str | os.PathLike, report: dict[str, Any], *, figures: bool = True
+    directory: str | os.PathLike,
+    report: dict[str, Any],
+    *,
+    figures: bool = True,
+    images: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Writes `report.json`, `report.md` and the figures into `directory`.
 
     Every file is written to a temporary file in `directory`, flushed to disk
     and renamed over the target, so a crash leaves either the old file or
     the new one, never half of one. The figures (learning curves; the
-    confusion matrix, when the report has one) need matplotlib, the
+    confusion matrix and the top losses, when the report has them, the
+    latter drawn from `images["top_losses"]`) need matplotlib, the
     `transferkit[plots]` extra; without it `report["figures"]` says why they
     were skipped.
 
@@ -281,7 +314,7 @@ def write_report(
                 "pip install 'transferkit[plots]'"
             }
         else:
-            report["figures"] = plots.write_figures(report, directory)
+            report["figures"] = plots.write_figures(report, directory, images)
     json_path = directory / REPORT_FILE
     md_path = directory / "report.md"
     atomic_write(json_path, dumps(report, indent=2))

@@ -250,21 +250,22 @@ def _in_memory_loop(trainer, train, validation, cache, callbacks, options):
             return None, f"Keras fit: `{name}` is a tf.data.Dataset", "fit_dataset"
     steps = _steps_per_call(callbacks, options)
     if cache is None:
-        x, y, batch_size = train.x, train.y, train.batch_size
-        held = None if validation is None else (validation.x, validation.y)
+        x, y, weights = train.x, train.y, train.sample_weight
+        batch_size = train.batch_size
+        held = None if validation is None else validation.arrays
     else:
         x = cache.features["train"]
-        y, batch_size = _cached_labels(cache, "train", train)
+        y, weights, batch_size = _cached_labels(cache, "train", train)
         held = None
         if validation is not None:
-            held = (
-                cache.features["validation"],
-                _cached_labels(cache, "validation", validation)[0],
-            )
+            labels, held_weights, _ = _cached_labels(cache, "validation", validation)
+            held = (cache.features["validation"], labels)
+            held += () if held_weights is None else (held_weights,)
     loop = InMemoryLoop(
         trainer,
         x,
         y,
+        sample_weight=weights,
         batch_size=batch_size,
         steps_per_call=steps,
         validation=held,
@@ -331,8 +332,12 @@ def _shard(data: PhaseData | None, options: TrainingOptions) -> PhaseData | None
         return dataclasses.replace(
             data, x=data.x.shard(distribution.workers, distribution.worker)
         )
+    weights = data.sample_weight
     return dataclasses.replace(
-        data, x=distribution.shard(data.x), y=distribution.shard(data.y)
+        data,
+        x=distribution.shard(data.x),
+        y=distribution.shard(data.y),
+        sample_weight=None if weights is None else distribution.shard(weights),
     )
 
 
@@ -452,6 +457,7 @@ def _fit_data(train, validation, cache) -> dict[str, Any]:
             "x": train.x,
             "y": train.y,
             "batch_size": train.batch_size,
+            "sample_weight": train.sample_weight,
             "validation_data": validation.for_fit() if validation else None,
             # A dataset shuffles itself; Keras warns if asked to.
             "shuffle": isinstance(train.x, np.ndarray),
@@ -467,16 +473,19 @@ def _fit_data(train, validation, cache) -> dict[str, Any]:
 
 def _cached(cache, name, data, *, shuffle):
     """Batches of the cache's features for `data`, for `fit`."""
-    labels, batch_size = _cached_labels(cache, name, data)
-    return cache.dataset(name, labels, batch_size, shuffle=shuffle)
+    labels, weights, batch_size = _cached_labels(cache, name, data)
+    return cache.dataset(
+        name, labels, batch_size, shuffle=shuffle, sample_weight=weights
+    )
 
 
 def _cached_labels(cache, name, data):
-    """`(labels, batch_size)` of the cached `data`: its own, or, for a
-    dataset, those the cache read from it."""
+    """`(labels, sample_weight, batch_size)` of the cached `data`: its own,
+    or, for a dataset, those the cache read from it (`None`: no weights)."""
     if data.is_dataset:
-        return cache.labels[name], cache.batch_sizes[name]
-    return data.y, data.batch_size
+        weights = cache.sample_weights.get(name)
+        return cache.labels[name], weights, cache.batch_sizes[name]
+    return data.y, data.sample_weight, data.batch_size
 
 
 def _describe_cache(plan, cache) -> str:

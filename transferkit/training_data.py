@@ -31,6 +31,13 @@ from transferkit.dataset_checks import (
     prepare_dataset,
     shape_fits,
 )
+from transferkit.sample_weights import (
+    check_sample_weight,
+    class_ids,
+    class_weight_vector,
+    dataset_class_counts,
+    weights_of_labels,
+)
 
 __all__ = [
     "Data",
@@ -42,8 +49,8 @@ __all__ = [
 ]
 
 Data: TypeAlias = ClassSubset | tuple | tf.data.Dataset
-"""A `ClassSubset`, an `(x, y)` tuple of arrays, or a batched
-`tf.data.Dataset` of `(x, y)`."""
+"""A `ClassSubset`, an `(x, y)` or `(x, y, sample_weight)` tuple of arrays,
+or a batched `tf.data.Dataset` of either."""
 
 _NUMBERS = "biuf"  # NumPy dtype kinds: bool, signed, unsigned, floating.
 
@@ -78,6 +85,13 @@ class PhaseData:
     """The class names a dataset carries (`class_names` of
     `image_dataset_from_directory`), or `None`."""
 
+    sample_weight: np.ndarray | None = None
+    """One weight per sample of arrays (given, or from `class_weight`);
+    `None` without weights, and for a dataset, which yields its own."""
+
+    class_weights: tuple[float, ...] | None = None
+    """The weight of every class id, when `class_weight` was given."""
+
     @functools.cached_property
     def samples_sha256(self) -> str | None:
         """SHA-256 of the samples' bytes, dtype and shape; `None` for a
@@ -104,9 +118,17 @@ class PhaseData:
         cardinality = int(self.x.cardinality())
         return cardinality if cardinality >= 0 else None
 
+    @property
+    def arrays(self) -> tuple:
+        """`(x, y)`, or `(x, y, sample_weight)` with weights."""
+        if self.sample_weight is None:
+            return self.x, self.y
+        return self.x, self.y, self.sample_weight
+
     def for_fit(self) -> Any:
-        """What `fit` takes as `validation_data`: the dataset, or `(x, y)`."""
-        return self.x if self.is_dataset else (self.x, self.y)
+        """What `fit` takes as `validation_data`: the dataset, or `(x, y)`
+        (with the sample weights, if any)."""
+        return self.x if self.is_dataset else self.arrays
 
     def as_dataset(self, *, shuffle: bool) -> PhaseData:
         """The same data as a batched `tf.data.Dataset`: itself if it is
@@ -114,7 +136,7 @@ class PhaseData:
         when `shuffle`."""
         if self.is_dataset:
             return self
-        dataset = tf.data.Dataset.from_tensor_slices((self.x, self.y))
+        dataset = tf.data.Dataset.from_tensor_slices(self.arrays)
         if shuffle:
             dataset = dataset.shuffle(len(self.x), reshuffle_each_iteration=True)
         return dataclasses.replace(self, x=dataset.batch(self.batch_size), y=None)
@@ -129,15 +151,16 @@ def prepare_data(
     batch_size: int,
     check_finite: bool = False,
     steps_per_epoch: int | None = None,
+    class_weight: Any = None,
 ) -> PhaseData:
     """Checks `data` and makes it ready to train `model` with `loss`.
 
     Builds `model` from the data's sample shape if it is not built yet.
 
     Args:
-        data: a `ClassSubset`, an `(x, y)` tuple of arrays (or of nested
-            lists of numbers, which are made into arrays), or a batched
-            `tf.data.Dataset` of `(x, y)`.
+        data: a `ClassSubset`, an `(x, y)` or `(x, y, sample_weight)` tuple
+            of arrays (or of nested lists of numbers, which are made into
+            arrays), or a batched `tf.data.Dataset` of either.
         argument: the name the user passed `data` as, for messages.
         model: the model to train.
         loss: the loss; a categorical one gets integer labels one-hot.
@@ -147,6 +170,9 @@ def prepare_data(
         steps_per_epoch: batches per epoch of a dataset (`fit`'s
             `steps_per_epoch`); required for an endless one. Defaults to
             `None`: one pass over the dataset.
+        class_weight: `{class: weight}` or `"balanced"`
+            (`transferkit.sample_weights`), made into a weight per sample.
+            Defaults to `None`.
 
     Raises:
         TypeError: for data of another kind, or samples or labels that are
@@ -156,22 +182,24 @@ def prepare_data(
             infinite values.
     """
     if isinstance(data, tf.data.Dataset):
-        return _from_dataset(data, argument, model, loss, steps_per_epoch)
+        return _from_dataset(data, argument, model, loss, steps_per_epoch, class_weight)
     if steps_per_epoch is not None:
         raise ValueError(
             f"`steps_per_epoch` is for a tf.data.Dataset; `{argument}` holds "
             "arrays, whose epoch is every sample once. Received: "
             f"steps_per_epoch={steps_per_epoch}"
         )
+    weights = None
     if isinstance(data, ClassSubset):
         x, y, classes = data.x, data.y, data.classes
-    elif isinstance(data, tuple) and len(data) == 2:
-        (x, y), classes = data, None
+    elif isinstance(data, tuple) and len(data) in (2, 3):
+        (x, y, *weights), classes = data, None
+        weights = weights[0] if weights else None
     else:
         raise TypeError(
-            f"Expected `{argument}` to be a ClassSubset, an (x, y) tuple "
-            "or a batched tf.data.Dataset. Received: "
-            f"{type(data).__name__}"
+            f"Expected `{argument}` to be a ClassSubset, an (x, y) or "
+            "(x, y, sample_weight) tuple or a batched tf.data.Dataset. "
+            f"Received: {_kind(data)}"
         )
     x = _numbers(x, f"`{argument}` (x)", "samples")
     y = _numbers(y, f"`{argument}` (y)", "labels")
@@ -199,10 +227,46 @@ def prepare_data(
         classes=classes,
         batch_size=batch_size,
         labels_sha256=hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest(),
+        **_array_weights(weights, class_weight, y, argument, model),
     )
 
 
-def _from_dataset(data, argument, model, loss, steps_per_epoch) -> PhaseData:
+def _kind(data) -> str:
+    if isinstance(data, tuple):
+        return f"a tuple of {len(data)}"
+    return type(data).__name__
+
+
+def _array_weights(weights, class_weight, y, argument, model) -> dict[str, Any]:
+    """`sample_weight` (one weight per sample of arrays: given, from
+    `class_weight`, or `None`) and `class_weights`, for `PhaseData`."""
+    if weights is not None and class_weight is not None:
+        raise ValueError(
+            f"`{argument}` has sample weights and `class_weight` is given too; "
+            "Keras' fit takes one or the other. Multiply the class weights into "
+            "the sample weights, or drop one."
+        )
+    if weights is not None:
+        return {"sample_weight": check_sample_weight(weights, argument, len(y))}
+    if class_weight is None:
+        return {}
+    width = int(model.output_shape[-1])
+    counts = np.bincount(class_ids(y), minlength=width)
+    vector = class_weight_vector(
+        class_weight,
+        width,
+        class_names=getattr(model, "class_names", None),
+        counts=counts,
+    )
+    return {
+        "sample_weight": weights_of_labels(y, vector),
+        "class_weights": tuple(vector.tolist()),
+    }
+
+
+def _from_dataset(
+    data, argument, model, loss, steps_per_epoch, class_weight
+) -> PhaseData:
     if isinstance(data.element_spec, tuple):
         _ensure_built(model, data.element_spec[0].shape[1:])
     one_hot = expects_one_hot(loss)
@@ -214,8 +278,26 @@ def _from_dataset(data, argument, model, loss, steps_per_epoch) -> PhaseData:
         one_hot=one_hot,
         steps_per_epoch=steps_per_epoch,
     )
+    vector = None
+    if class_weight is not None:
+        if len(data.element_spec) > 2:
+            raise ValueError(
+                f"`{argument}` yields sample weights and `class_weight` is given "
+                "too; Keras' fit takes one or the other."
+            )
+        width = int(model.output_shape[-1])
+        vector = class_weight_vector(
+            class_weight,
+            width,
+            class_names=class_names_of(data) or getattr(model, "class_names", None),
+            counts=(
+                dataset_class_counts(data, width)
+                if class_weight == "balanced"
+                else None
+            ),
+        )
     return PhaseData(
-        prepare_dataset(data, argument, model, one_hot),
+        prepare_dataset(data, argument, model, one_hot, vector),
         None,
         samples=_file_count(data, steps_per_epoch),
         classes=None,
@@ -223,6 +305,7 @@ def _from_dataset(data, argument, model, loss, steps_per_epoch) -> PhaseData:
         labels_sha256=None,
         steps_per_epoch=steps_per_epoch,
         class_names=class_names_of(data),
+        class_weights=None if vector is None else tuple(vector.tolist()),
     )
 
 

@@ -25,13 +25,13 @@ from transferkit.arguments import (
     require_seed,
 )
 from transferkit.distribution import Distribution
-from transferkit.loop import DEFAULT_STEPS_PER_CALL, InMemoryLoop
 from transferkit.optimizers import OptimizerSpec, check_optimizer_spec
 from transferkit.phase_result import PhaseResult
 from transferkit.phases import BATCH_NORM, Phases
 from transferkit.precision import apply_precision, resolve_precision
 from transferkit.run_directory import CheckpointError
 from transferkit.run_state import RunState
+from transferkit.run_tools import RunTools
 from transferkit.training import TrainingOptions
 from transferkit.training_data import Data
 
@@ -48,7 +48,7 @@ TRAINING_LOOPS = ("auto", "fit")
 """What `TransferRun(training_loop=...)` accepts."""
 
 
-class TransferRun(Phases):
+class TransferRun(Phases, RunTools):
     """Trains a grouped model in phases, freezing groups between them.
 
     Each phase freezes what it is told to, recompiles the model with a fresh
@@ -415,12 +415,14 @@ class TransferRun(Phases):
         lr_multipliers: Mapping[str, float] | None = None,
         backbone_batch_norm: str = "inference",
         steps_per_epoch: int | None = None,
+        class_weight: Mapping[Any, float] | str | None = None,
     ) -> PhaseResult:
         """Runs one phase with the groups frozen as they are now.
 
         Args:
-            data: training data: a `ClassSubset`, an `(x, y)` tuple of
-                arrays, or a batched `tf.data.Dataset` of `(x, y)`.
+            data: training data: a `ClassSubset`, an `(x, y)` or `(x, y,
+                sample_weight)` tuple of arrays, or a batched
+                `tf.data.Dataset` of either.
             epochs: epochs to train.
             validation_data: evaluated after every epoch, in the same forms as
                 `data`; its final metrics land in the result's `metrics`.
@@ -450,6 +452,11 @@ class TransferRun(Phases):
                 on from there; required for an endless dataset (`repeat()`),
                 which is refused without it. Not for arrays. Defaults to
                 `None`: one pass over the dataset.
+            class_weight: `{class: weight}` (class ids, or the run's class
+                names), as in `fit`: each training sample's loss is weighed
+                by its class's weight; classes left out weigh 1.0. Or
+                `"balanced"`: `n / (k * n_c)` from the training labels. Not
+                with sample weights in the data. Defaults to `None`.
 
         Returns:
             The phase's `PhaseResult`, also appended to `results`.
@@ -466,6 +473,7 @@ class TransferRun(Phases):
             lr_multipliers=lr_multipliers,
             backbone_batch_norm=backbone_batch_norm,
             steps_per_epoch=steps_per_epoch,
+            class_weight=class_weight,
         )
 
     def fine_tune(
@@ -482,6 +490,7 @@ class TransferRun(Phases):
         lr_multipliers: Mapping[str, float] | None = None,
         backbone_batch_norm: str = "inference",
         steps_per_epoch: int | None = None,
+        class_weight: Mapping[Any, float] | str | None = None,
     ) -> PhaseResult:
         """Freezes the named groups, then runs one phase like `train`.
 
@@ -500,6 +509,7 @@ class TransferRun(Phases):
             lr_multipliers: as for `train`. Defaults to `None`.
             backbone_batch_norm: as for `train`. Defaults to `"inference"`.
             steps_per_epoch: as for `train`. Defaults to `None`.
+            class_weight: as for `train`. Defaults to `None`.
 
         Returns:
             The phase's `PhaseResult`, also appended to `results`.
@@ -530,53 +540,9 @@ class TransferRun(Phases):
             lr_multipliers=lr_multipliers,
             backbone_batch_norm=backbone_batch_norm,
             steps_per_epoch=steps_per_epoch,
+            class_weight=class_weight,
             freeze=groups,
         )
-
-    def evaluate(self, data: Data) -> dict[str, float]:
-        """Evaluates the model as last compiled, e.g. on a test set.
-
-        Args:
-            data: as for `train`.
-
-        Returns:
-            A dictionary of metric name to value, e.g. `{"loss": ...,
-            "accuracy": ...}`.
-        """
-        if not getattr(self._model, "compiled", False):
-            raise RuntimeError(
-                "The model has not been compiled yet; run a phase first."
-            )
-        prepared = self._prepare(data, "data")
-        distribution = self._distribution
-        if not distribution.multi_worker:
-            with distribution.scope():
-                return self._model.evaluate(
-                    prepared.x,
-                    prepared.y,
-                    batch_size=prepared.batch_size,
-                    verbose=0,
-                    return_dict=True,
-                )
-        if prepared.is_dataset:
-            raise ValueError(
-                "Expected arrays or a `ClassSubset` to evaluate a multi-worker "
-                "run (Keras 3's evaluate fails under MultiWorkerMirroredStrategy). "
-                "Received: a tf.data.Dataset"
-            )
-        # Each worker evaluates its shard; the metrics are of all of them.
-        x, y = distribution.shard(prepared.x), distribution.shard(prepared.y)
-        with distribution.scope(), distribution.lost_workers("evaluating"):
-            loop = InMemoryLoop(
-                self._model,
-                x,
-                y,
-                batch_size=prepared.batch_size,
-                steps_per_call=DEFAULT_STEPS_PER_CALL,
-                validation=(x, y),
-                distribution=distribution,
-            )
-            return loop.evaluate()
 
 
 def _distribution(strategy, model, batch_size: int, training_loop: str):

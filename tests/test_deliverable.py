@@ -1,0 +1,302 @@
+"""From a trained model to one in use: predictions on image files with the
+training's loading recipe, and exports (SavedModel, LiteRT, ONNX) checked
+against the model, from Python and from the command line."""
+
+import json
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import image_folder, make_data, make_model
+from keras import layers
+
+from transferkit import ImagenetPreprocessing, LayerGroup, TransferRun, export
+from transferkit.__main__ import main
+from transferkit.exporting import ExportParityError, load_exported, metadata_path
+from transferkit.inference import predict
+from transferkit.input_recipe import InputRecipe, recipe_of_dataset
+from transferkit.predictions import load_trained_model, predict_files
+
+
+def folder_dataset(root, **kwargs):
+    return keras.utils.image_dataset_from_directory(
+        root, image_size=(12, 12), batch_size=8, verbose=False, seed=0, **kwargs
+    )
+
+
+def augmented_model():
+    augment = LayerGroup(
+        "augment",
+        [layers.RandomFlip("horizontal"), layers.RandomRotation(0.2)],
+        input_shape=(12, 12, 3),
+    )
+    features = LayerGroup(
+        "features",
+        [
+            layers.Rescaling(1 / 255),
+            layers.Conv2D(4, 3, activation="relu"),
+            layers.BatchNormalization(),
+            layers.GlobalAveragePooling2D(),
+        ],
+    )
+    head = LayerGroup("head", [layers.Dropout(0.2), layers.Dense(3, activation="softmax")])
+    return augment + features + head
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run folder of a model with augmentation layers, trained on a folder
+    of PNG images loaded with bicubic interpolation."""
+    root = tmp_path_factory.mktemp("deliverable")
+    images = image_folder(root / "images", classes=3, per_class=8)
+    keras.utils.set_random_seed(0)
+    with TransferRun(
+        augmented_model(),
+        optimizer="adam",
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        verbose=0,
+        directory=root / "run",
+    ) as run:
+        run.train(folder_dataset(images, interpolation="bicubic"), epochs=3)
+    return run, images, root
+
+
+def test_a_run_records_how_its_images_were_loaded_and_the_model_keeps_it(trained):
+    run, images, root = trained
+    expected = InputRecipe(image_size=(12, 12), color_mode="rgb", interpolation="bicubic")
+
+    assert run.model.input_recipe == expected.to_config()
+    loaded = load_trained_model(root / "run")
+    assert loaded.input_recipe == expected.to_config()
+    assert loaded.class_names == ("class_0", "class_1", "class_2")
+
+
+def test_predictions_on_files_load_them_as_the_training_dataset_did(trained):
+    run, images, _ = trained
+    dataset = folder_dataset(images, interpolation="bicubic", shuffle=False)
+    expected = run.model.predict(dataset, verbose=0)
+
+    predictions = run.predict(images)
+
+    assert predictions.files == tuple(dataset.file_paths)
+    np.testing.assert_allclose(predictions.outputs, expected, rtol=1e-6, atol=1e-7)
+    labels = np.concatenate([y for _, y in dataset])
+    np.testing.assert_array_equal(predictions.labels, labels)
+    assert predictions.accuracy == np.mean(expected.argmax(axis=1) == labels)
+    matrix = np.array(predictions.confusion()["matrix"])
+    assert matrix.sum() == 24 and np.trace(matrix) == round(predictions.accuracy * 24)
+    # One file alone, and the augmentation off: the same answer every time.
+    one = run.predict([predictions.files[5]])
+    np.testing.assert_allclose(one.outputs[0], expected[5], rtol=1e-6, atol=1e-7)
+    assert one.labels is None and one.accuracy is None
+
+
+def test_the_predict_step_gives_keras_outputs_for_every_form_of_data():
+    x, y = make_data(samples=45)
+    model = make_model(batch_norm=True, dropout=True)
+    expected = model.predict(x, verbose=0)
+    forms = {
+        "arrays": x,
+        "(x, y)": (x, y),
+        "a dataset": tf.data.Dataset.from_tensor_slices((x, y)).batch(7),
+        "a dataset of samples": tf.data.Dataset.from_tensor_slices(x).batch(7),
+    }
+    for name, data in forms.items():
+        predictions = predict(model, data, batch_size=7)  # 7 batches, the last of 3.
+        np.testing.assert_allclose(predictions.outputs, expected, rtol=1e-5, atol=1e-6, err_msg=name)
+        if name in ("(x, y)", "a dataset"):
+            np.testing.assert_array_equal(predictions.labels, y)
+        else:
+            assert predictions.labels is None
+
+
+def test_a_recipe_is_read_from_the_pipeline_for_every_way_of_loading(tmp_path):
+    images = image_folder(tmp_path, classes=2, per_class=2)
+    wide = tf.io.encode_png(np.full((12, 20, 3), 90, "uint8")).numpy()
+    (images / "class_0" / "wide.png").write_bytes(wide)
+    for options in (
+        {"interpolation": "nearest"},
+        {"crop_to_aspect_ratio": True},
+        {"pad_to_aspect_ratio": True, "interpolation": "area"},
+        {"interpolation": "lanczos3", "crop_to_aspect_ratio": True},
+        {"color_mode": "grayscale"},
+    ):
+        dataset = folder_dataset(images, shuffle=False, **options)
+        recipe = recipe_of_dataset(dataset)
+        mine = np.concatenate(list(recipe.dataset(dataset.file_paths, 8)))
+        theirs = np.concatenate([x for x, _ in dataset])
+        assert mine.tobytes() == theirs.tobytes(), options
+    arrays = tf.data.Dataset.from_tensor_slices((np.zeros((4, 8, 8, 3)), np.zeros(4)))
+    assert recipe_of_dataset(arrays.batch(2)) is None
+
+
+def test_preprocessing_mapped_over_the_dataset_must_be_given_for_files(tmp_path):
+    images = image_folder(tmp_path)
+    mapped = folder_dataset(images).map(lambda x, y: (x / 127.5 - 1, y))
+    recipe = recipe_of_dataset(mapped)
+    assert recipe.pipeline_preprocessing
+    assert not recipe_of_dataset(folder_dataset(images).map(lambda x, y: (x, y))).pipeline_preprocessing
+    model = keras.Sequential(
+        [keras.Input((12, 12, 3)), layers.Flatten(), layers.Dense(3, activation="softmax")]
+    )
+    model.input_recipe = recipe.to_config()
+
+    with pytest.raises(ValueError, match=r"whose pipeline changed the images after loading them .* or pass preprocess= the same function"):
+        predict_files(model, images)
+    given = predict_files(model, images, preprocess=lambda x: x / 127.5 - 1)
+    expected = model.predict(folder_dataset(images, shuffle=False).map(lambda x, y: x / 127.5 - 1), verbose=0)
+    np.testing.assert_allclose(given.outputs, expected, rtol=1e-6)
+
+
+def test_predictions_refuse_what_they_cannot_load(trained, tmp_path):
+    run, images, _ = trained
+    with pytest.raises(ValueError, match=r"No such file or folder: '.*missing.png'"):
+        run.predict([str(tmp_path / "missing.png")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"No images \(.bmp, .gif, .jpeg, .jpg, .png\)"):
+        run.predict(tmp_path / "empty")
+    other = image_folder(tmp_path / "other", classes=2, per_class=1)
+    (other / "class_1").rename(other / "owl")
+    with pytest.raises(ValueError, match=r"The class folders \['class_0', 'owl'\] are not classes|The class folders \['owl'\] are not classes"):
+        run.predict(other)
+    plain = keras.Sequential([keras.Input((12, 12, 3)), layers.Flatten(), layers.Dense(3)])
+    with pytest.raises(ValueError, match=r"has no input recipe: .* Pass recipe=InputRecipe\(image_size=\(12, 12\)"):
+        predict_files(plain, images)
+    with pytest.raises(ValueError, match=r"The recipe loads images of shape \(10, 10, 3\) \(10x10 rgb, bilinear\), but model .* takes \(12, 12, 3\)"):
+        predict_files(plain, images, recipe=InputRecipe((10, 10)))
+
+
+def test_the_predict_command_writes_a_table_csv_and_json(trained, tmp_path, capsys):
+    run, images, root = trained
+
+    assert main(["predict", str(root / "run"), str(images), "--format", "json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert len(summary["predictions"]) == 24
+    assert summary["accuracy"] == pytest.approx(run.predict(images).accuracy)
+    assert set(summary["predictions"][0]) == {"file", "predicted", "probability", "probabilities", "true"}
+
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(root / "run"), str(images / "class_1"), "--format", "csv", "--output", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "file,predicted,probability,class_0,class_1,class_2"
+    assert len(lines) == 9
+
+    assert main(["predict", str(root / "run"), str(images)]) == 0
+    assert "Accuracy: " in capsys.readouterr().out
+    assert main(["predict", str(tmp_path / "nothing"), str(images)]) == 2
+    assert "No such model file or run folder" in capsys.readouterr().err
+
+
+def test_a_saved_model_export_serves_with_augmentation_off(trained, tmp_path):
+    run, images, _ = trained
+    x = np.concatenate([x for x, _ in folder_dataset(images)])
+    expected = run.model(x, training=False).numpy()
+
+    result = export(run.model, tmp_path / "served", samples=images, verbose=False)
+
+    assert result.parity_max_difference <= 1e-5 and result.parity_samples == 24
+    served = load_exported(tmp_path / "served", "tf_saved_model")
+    np.testing.assert_allclose(served(x), expected, atol=1e-5)
+    metadata = json.loads(metadata_path(tmp_path / "served", "tf_saved_model").read_text())
+    assert metadata["class_names"] == ["class_0", "class_1", "class_2"]
+    assert metadata["input_recipe"]["interpolation"] == "bicubic"
+    assert metadata["parity"]["max_difference"] == result.parity_max_difference
+    # Keras' own export of the same model augments every request.
+    run.model.export(str(tmp_path / "keras"), verbose=False)
+    baked = tf.saved_model.load(str(tmp_path / "keras"))
+    assert np.abs(baked.serve(x).numpy() - expected).max() > 1e-3
+
+
+def test_litert_exports_float_and_quantized_with_accuracy_before_and_after(trained, tmp_path):
+    run, images, _ = trained
+    results = {
+        quantize: export(
+            run.model,
+            tmp_path / f"model-{quantize}.tflite",
+            format="litert",
+            quantize=quantize,
+            samples=images,
+            test_data=images,
+            verbose=False,
+        )
+        for quantize in (None, "dynamic", "int8")
+    }
+
+    assert results[None].parity_max_difference <= 1e-5
+    accuracy = run.predict(images).accuracy
+    for quantize, result in results.items():
+        assert result.accuracy["model"] == accuracy
+        assert result.accuracy["samples"] == 24
+        assert 0 <= result.accuracy["exported"] <= 1
+        assert (tmp_path / f"model-{quantize}.tflite").stat().st_size > 0
+    types = {q: tensor_types(tmp_path / f"model-{q}.tflite") for q in results}
+    assert "int8" not in types[None]
+    assert "int8" in types["int8"]  # The converter leaves layers this small in float for "dynamic".
+    assert results["int8"].parity_max_difference > 0
+    assert results[None].accuracy["exported"] == accuracy
+
+
+def tensor_types(path):
+    with warnings.catch_warnings():  # TensorFlow's interpreter is deprecated.
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+    return {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+
+
+def test_onnx_exports_where_its_converter_is_installed(trained, tmp_path):
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnxruntime")
+    run, images, _ = trained
+    result = export(run.model, tmp_path / "model.onnx", format="onnx", samples=images, verbose=False)
+    assert result.parity_max_difference <= 1e-5
+
+
+def test_exports_refuse_bad_arguments_and_leave_nothing_half_written(trained, tmp_path):
+    run, images, _ = trained
+    with pytest.raises(ValueError, match=r"Expected `format` to be one of \['tf_saved_model', 'litert', 'onnx'\]. Received: 'tflite'"):
+        export(run.model, tmp_path / "m", format="tflite")
+    with pytest.raises(ValueError, match=r"quantization is for format='litert'. Received: format='tf_saved_model', quantize='int8'"):
+        export(run.model, tmp_path / "m", quantize="int8")
+    kept = tmp_path / "kept.tflite"
+    kept.write_bytes(b"the user's file")
+    with pytest.raises(ValueError, match=r"exists; nothing was written. Pass overwrite=True"):
+        export(run.model, kept, format="litert")
+    with pytest.raises(ExportParityError, match=r"differ from the model's by up to .* nothing was written"):
+        export(run.model, kept, format="litert", overwrite=True, tolerance=-1.0, verbose=False)
+    assert kept.read_bytes() == b"the user's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.tflite"]
+
+
+def test_the_export_command_checks_parity_on_the_given_folder(trained, tmp_path, capsys):
+    _, images, root = trained
+    out = tmp_path / "model.tflite"
+    assert main(["export", str(root / "run"), str(out), "--data", str(images)]) == 0
+    printed = capsys.readouterr().out
+    assert "Parity: largest difference" in printed and "on 24 samples (the given samples)" in printed
+    assert "Accuracy on the test data: model" in printed
+    assert json.loads((tmp_path / "model.tflite.json").read_text())["format"] == "litert"
+
+
+@pytest.mark.parametrize(
+    "mode, preprocess_input",
+    [
+        ("tf", keras.applications.mobilenet_v2.preprocess_input),
+        ("torch", keras.applications.densenet.preprocess_input),
+        ("caffe", keras.applications.resnet50.preprocess_input),
+    ],
+)
+def test_the_preprocessing_layer_computes_the_applications_preprocess_input(
+    tmp_path, mode, preprocess_input
+):
+    x = np.random.default_rng(0).uniform(0, 255, (4, 5, 5, 3)).astype("float32")
+    model = keras.Sequential([keras.Input((5, 5, 3)), ImagenetPreprocessing(mode)])
+
+    np.testing.assert_allclose(model(x), preprocess_input(x.copy()), rtol=1e-6, atol=1e-5)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(loaded(x), model(x))
+    with pytest.raises(ValueError, match=r"one of \['tf', 'torch', 'caffe'\]. Received: 'inception'"):
+        ImagenetPreprocessing("inception")

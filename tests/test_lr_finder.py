@@ -1,0 +1,111 @@
+"""The learning-rate sweep: what a phase would train, on the feature cache
+where the phase would use it, a suggestion by a stated rule, and the run
+left bitwise as it was."""
+
+import re
+
+import keras
+import numpy as np
+import pytest
+from conftest import bitwise_equal, make_data, make_model, snapshot
+
+from transferkit import TransferRun
+from transferkit.lr_finder import suggest_rate
+
+
+def make_run(**kwargs):
+    keras.utils.set_random_seed(0)
+    return TransferRun(
+        make_model(dropout=True, batch_norm=True),
+        optimizer=lambda: keras.optimizers.SGD(0.05),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        batch_size=16,
+        verbose=0,
+        seed=3,
+        **kwargs,
+    )
+
+
+def test_a_sweep_leaves_the_model_optimizer_and_random_state_bitwise_unchanged():
+    data = make_data()
+    run, twin = make_run(), make_run()
+    run.train(data, epochs=1)
+    twin.train(data, epochs=1)
+    model = run.model
+    before = snapshot(model.variables)
+    optimizer = model.optimizer
+    slots = snapshot(optimizer.variables)
+    flags = [layer.trainable for layer in model.layers]
+    numpy_state = np.random.get_state()[1].copy()
+
+    sweep = run.find_learning_rate(data, freeze="features", steps=30)
+
+    assert sweep.trained == ("classifier",)
+    assert re.fullmatch(
+        r"the feature cache \(layers conv2d(_\d+)?..flatten(_\d+)?\): covers the frozen groups",
+        sweep.cache,
+    )
+    after = snapshot(model.variables)
+    assert after.keys() == before.keys()
+    assert all(bitwise_equal(after[k], before[k]) for k in before)
+    assert model.optimizer is optimizer
+    assert all(bitwise_equal(v, slots[k]) for k, v in snapshot(optimizer.variables).items())
+    assert [layer.trainable for layer in model.layers] == flags
+    assert np.array_equal(np.random.get_state()[1], numpy_state)
+    assert run.frozen_groups == () and len(run.results) == 1
+    # The next phase trains bitwise as it does without the sweep.
+    run.fine_tune(data, freeze="features", epochs=1)
+    twin.fine_tune(data, freeze="features", epochs=1)
+    ours, theirs = snapshot(run.model.weights), snapshot(twin.model.weights)
+    pairs = zip(ours.values(), theirs.values(), strict=True)
+    assert all(bitwise_equal(a, b) for a, b in pairs)
+
+
+def test_the_sweep_trains_only_what_the_phase_would_and_moves_it():
+    data = make_data()
+    run = make_run()
+    seen = {}
+
+    class Watch(keras.optimizers.SGD):
+        def apply(self, grads, trainable_variables=None):
+            seen["variables"] = [v.path for v in (trainable_variables or self._trainable_variables)]
+            return super().apply(grads, trainable_variables)
+
+    sweep = run.find_learning_rate(
+        data, freeze="features", optimizer=lambda: Watch(0.01), steps=20, max_lr=1.0
+    )
+
+    assert seen["variables"] and all("dense" in path for path in seen["variables"])
+    assert len(sweep.learning_rates) == len(sweep.losses) == len(sweep.smoothed)
+    rates = np.array(sweep.learning_rates)
+    assert rates[0] == pytest.approx(1e-7) and np.all(np.diff(np.log(rates)) > 0)
+    assert sweep.rule == "steepest descent of the smoothed loss before its minimum"
+    assert sweep.learning_rates[0] <= sweep.suggested <= sweep.minimum_rate
+
+
+def test_a_diverging_loss_ends_the_sweep_early():
+    data = make_data()
+    sweep = make_run().find_learning_rate(data, min_lr=1e-3, max_lr=1e6, steps=100)
+    assert len(sweep.losses) < 100
+    assert sweep.stopped.startswith(f"at step {len(sweep.losses)} of 100: the smoothed loss")
+
+
+def test_the_suggestion_is_the_steepest_fall_before_the_minimum():
+    rates = np.logspace(-6, 0, 61)
+    # The loss falls fastest at 1e-4, is lowest at 1e-2, then diverges.
+    loss = 2 - np.tanh(2 * (np.log10(rates) + 4)) + np.maximum(0, np.log10(rates) + 2) ** 2
+    steepest, lowest = suggest_rate(rates, loss)
+    assert steepest == pytest.approx(1e-4, rel=0.13)
+    assert lowest == pytest.approx(1e-2, rel=0.13)
+
+
+def test_bad_sweep_settings_are_refused():
+    run = make_run()
+    with pytest.raises(ValueError, match=r"Expected 0 < min_lr < max_lr. Received: min_lr=1.0, max_lr=0.1"):
+        run.find_learning_rate(make_data(), min_lr=1.0, max_lr=0.1)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)
+    with pytest.raises(ValueError, match="its optimizer has a schedule"):
+        run.find_learning_rate(make_data(), optimizer=lambda: keras.optimizers.SGD(schedule))
+    with pytest.raises(ValueError, match=r"Unknown group .nothing.. Expected one of \[.features., .classifier.\]"):
+        run.find_learning_rate(make_data(), freeze="nothing")

@@ -1,0 +1,251 @@
+"""What a `TransferRun` offers besides its phases: evaluating the model,
+predicting with it, and sweeping a phase's learning rate.
+
+`RunTools` is a base class of `TransferRun`, as `Phases` is; its methods use
+the run's model, loss, batch size and strategy, and change nothing of the
+run (a learning-rate sweep restores every variable and random state)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from transferkit import lr_finder
+from transferkit.inference import Predictions, predict
+from transferkit.loop import DEFAULT_STEPS_PER_CALL, InMemoryLoop
+from transferkit.optimizers import OptimizerSpec
+from transferkit.phases import _backbone_batch_norm
+from transferkit.predictions import FilePredictions, predict_files
+from transferkit.training import _build_cache, _cached_labels, _plan_cache, _trainer
+from transferkit.training_data import Data
+
+__all__ = ["RunTools"]
+
+
+class RunTools:
+    """`evaluate`, `predict` and `find_learning_rate` of a `TransferRun`."""
+
+    def find_learning_rate(
+        self,
+        data: Data,
+        *,
+        freeze: str | Iterable[str] = (),
+        optimizer: OptimizerSpec | None = None,
+        lr_multipliers: Mapping[str, float] | None = None,
+        class_weight: Any = None,
+        min_lr: float = 1e-7,
+        max_lr: float = 10.0,
+        steps: int = 100,
+        smoothing: float = 0.98,
+        divergence: float = 4.0,
+        seed: int = 0,
+    ) -> lr_finder.LearningRateSweep:
+        """Sweeps the learning rate of the phase `fine_tune(data,
+        freeze=freeze, ...)` (or `train(data)`, with `freeze=()`) would run,
+        and leaves the run exactly as it was (`transferkit.lr_finder`).
+
+        Args:
+            data: training data, as for `train`.
+            freeze: groups frozen for the sweep, beside those frozen now.
+            optimizer: the phase's optimizer, as for `train`; its rate must
+                be a number, which the sweep sets. Defaults to the run's.
+            lr_multipliers: as for `train`.
+            class_weight: as for `train`.
+            min_lr: the first step's rate. Defaults to `1e-7`.
+            max_lr: the last step's rate. Defaults to `10.0`.
+            steps: steps (batches) at most. Defaults to `100`.
+            smoothing: the loss average's factor. Defaults to `0.98`.
+            divergence: stop once the smoothed loss exceeds this many times
+                its lowest. Defaults to `4.0`.
+            seed: seeds the sweep's own batch order. Defaults to `0`.
+
+        Returns:
+            A `LearningRateSweep`: rates, losses, the suggested rate and the
+            rule, and `plot()` for the figure.
+        """
+        if self._distribution.strategy is not None:
+            raise ValueError(
+                "The learning-rate sweep runs on one device; sweep with a run "
+                "made without `strategy`, then train with it."
+            )
+        if not 0 < min_lr < max_lr:
+            raise ValueError(
+                "Expected 0 < min_lr < max_lr. Received: "
+                f"min_lr={min_lr!r}, max_lr={max_lr!r}"
+            )
+        names = (freeze,) if isinstance(freeze, str) else tuple(freeze)
+        groups = self._groups_named(names, "freeze")
+        started = time.perf_counter()
+        train, _ = self._prepare_phase_data(data, None, None, class_weight)
+        multipliers = self._check_multipliers(lr_multipliers)
+        with lr_finder.state_kept(self._model):
+            frozen = self._freeze_for_phase(groups)
+            trained = tuple(
+                n for n in self._model.groups if n not in self.frozen_groups
+            )
+            with _backbone_batch_norm(self._model, "inference"):
+                rates, losses, smoothed, stopped, cache = self._sweep(
+                    train,
+                    frozen,
+                    self._make_optimizer(optimizer, multipliers),
+                    (min_lr, max_lr, steps, smoothing, divergence, seed),
+                )
+        steepest, lowest = lr_finder.suggest_rate(rates, smoothed)
+        return lr_finder.LearningRateSweep(
+            learning_rates=tuple(rates),
+            losses=tuple(losses),
+            smoothed=tuple(smoothed),
+            suggested=steepest,
+            minimum_rate=lowest,
+            rule="steepest descent of the smoothed loss before its minimum",
+            stopped=stopped,
+            trained=trained,
+            cache=cache,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _sweep(self, train, frozen, optimizer, settings):
+        min_lr, max_lr, steps, smoothing, divergence, seed = settings
+        if isinstance(
+            optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule
+        ):
+            raise ValueError(
+                "The sweep sets the learning rate itself; its optimizer has a "
+                "schedule. Pass optimizer= one with a constant rate."
+            )
+        options = dataclasses.replace(self._training_options, lean_step=False)
+        names = [group.name for group in frozen]
+        plan = _plan_cache(self._model, options, train, None, names)
+        options = dataclasses.replace(options, cache_folder=None)
+        cache, plan = _build_cache(self._model, plan, train, None, options)
+        try:
+            compile_args = {**self._compile_args(optimizer), "metrics": None}
+            if cache is not None and not cache.on_disk:
+                labels, weights, _ = _cached_labels(cache, "train", train)
+                arrays = [cache.features["train"], labels]
+                trainer = _trainer(self._model, plan.rest, cache, options, compile_args)
+            else:
+                trainer = keras.Sequential(self._model.layers, name="sweep")
+                trainer.compile(**compile_args)
+                arrays = None if train.is_dataset else list(train.arrays)
+                weights = None
+            if arrays is not None:
+                arrays += [] if weights is None else [weights]
+                batches = lr_finder.batches_of(
+                    arrays, train.batch_size or self._batch_size, seed
+                )
+            else:
+                batches = lr_finder.dataset_batches(train.x)
+            found = lr_finder.sweep_learning_rate(
+                trainer,
+                batches,
+                min_lr=min_lr,
+                max_lr=max_lr,
+                steps=steps,
+                smoothing=smoothing,
+                divergence=divergence,
+            )
+        finally:
+            if cache is not None:
+                cache.close()
+        where = (
+            f"the feature cache (layers {plan.span})"
+            if cache is not None and not cache.on_disk
+            else "no feature cache"
+        )
+        return (*found, f"{where}: {plan.reason}")
+
+    def predict(
+        self,
+        data: Any,
+        *,
+        batch_size: int | None = None,
+        **file_options: Any,
+    ) -> Predictions | FilePredictions:
+        """The model's predictions, in inference mode (augmentation off).
+
+        Args:
+            data: image files or folders (a path, or a list of paths), loaded
+                as the training images were (`transferkit.predictions.
+                predict_files`, whose options `file_options` passes on);
+                or samples as arrays, `(x, y)`, a `ClassSubset`, or a
+                batched `tf.data.Dataset`.
+            batch_size: samples per step. Defaults to the run's.
+
+        Returns:
+            `FilePredictions` for files (file names, class names,
+            probabilities; accuracy and confusion matrix for class folders),
+            else `Predictions` (`outputs`, `predicted`, `labels`).
+        """
+        batch_size = batch_size or self._batch_size
+        if _are_paths(data):
+            return predict_files(
+                self._model, data, batch_size=batch_size, **file_options
+            )
+        if file_options:
+            raise TypeError(
+                f"{sorted(file_options)} apply to image files; `data` holds samples."
+            )
+        return predict(self._model, data, batch_size=batch_size)
+
+    def evaluate(self, data: Data) -> dict[str, Any]:
+        """Evaluates the model as last compiled, e.g. on a test set.
+
+        Args:
+            data: as for `train`.
+
+        Returns:
+            A dictionary of metric name to value, e.g. `{"loss": ...,
+            "accuracy": ...}`.
+        """
+        if not getattr(self._model, "compiled", False):
+            raise RuntimeError(
+                "The model has not been compiled yet; run a phase first."
+            )
+        prepared = self._prepare(data, "data")
+        distribution = self._distribution
+        if not distribution.multi_worker:
+            with distribution.scope():
+                return self._model.evaluate(
+                    prepared.x,
+                    prepared.y,
+                    sample_weight=prepared.sample_weight,
+                    batch_size=prepared.batch_size,
+                    verbose=0,
+                    return_dict=True,
+                )
+        if prepared.is_dataset:
+            raise ValueError(
+                "Expected arrays or a `ClassSubset` to evaluate a multi-worker "
+                "run (Keras 3's evaluate fails under MultiWorkerMirroredStrategy). "
+                "Received: a tf.data.Dataset"
+            )
+        # Each worker evaluates its shard; the metrics are of all of them.
+        held = tuple(distribution.shard(values) for values in prepared.arrays)
+        with distribution.scope(), distribution.lost_workers("evaluating"):
+            loop = InMemoryLoop(
+                self._model,
+                *held[:2],
+                batch_size=prepared.batch_size,
+                steps_per_call=DEFAULT_STEPS_PER_CALL,
+                validation=held,
+                distribution=distribution,
+            )
+            return loop.evaluate()
+
+
+def _are_paths(data: Any) -> bool:
+    if isinstance(data, str | os.PathLike):
+        return True
+    return (
+        isinstance(data, Sequence)
+        and not isinstance(data, tuple | tf.Tensor)
+        and bool(data)
+        and all(isinstance(item, str | os.PathLike) for item in data)
+    )
