@@ -81,9 +81,7 @@ CACHED = {
 
 
 @pytest.mark.parametrize("case", CACHED)
-def test_class_weight_on_the_feature_cache_trains_the_head_as_fit_does(
-    tmp_path, case
-):
+def test_class_weight_on_the_feature_cache_trains_the_head_as_fit_does(tmp_path, case):
     data, memory, code = CACHED[case]
     expected = keras_fit(frozen=True, class_weight=WEIGHTS)
     run = transfer_run(
@@ -171,11 +169,27 @@ def test_class_names_may_key_the_class_weights():
 @pytest.mark.parametrize(
     "class_weight, error, message",
     [
-        ({3: 2.0}, ValueError, r"`class_weight` has the class id 3, but the model has 3 outputs: class ids are 0..2\."),
-        ({0: -1.0}, ValueError, r"finite numbers >= 0\. Received: class_weight\[0\]=-1\.0"),
+        (
+            {3: 2.0},
+            ValueError,
+            r"`class_weight` has the class id 3, but the model has 3 outputs: class ids are 0..2\.",
+        ),
+        (
+            {0: -1.0},
+            ValueError,
+            r"finite numbers >= 0\. Received: class_weight\[0\]=-1\.0",
+        ),
         ({0: float("nan")}, ValueError, r"Received: class_weight\[0\]=nan"),
-        ({"owl": 2.0}, ValueError, r"names the class 'owl', which is not one of the run's classes \(the run has no class names\)"),
-        ("even", ValueError, r"a dict \{class: weight\} or 'balanced'\. Received: class_weight='even'"),
+        (
+            {"owl": 2.0},
+            ValueError,
+            r"names the class 'owl', which is not one of the run's classes \(the run has no class names\)",
+        ),
+        (
+            "even",
+            ValueError,
+            r"a dict \{class: weight\} or 'balanced'\. Received: class_weight='even'",
+        ),
         ([1.0, 2.0], TypeError, r"Received: class_weight=\[1\.0, 2\.0\]"),
     ],
 )
@@ -191,9 +205,14 @@ def test_sample_weights_and_class_weight_together_are_refused():
     run = transfer_run()
     with pytest.raises(ValueError, match="Keras' fit takes one or the other"):
         run.train((x, y, np.ones(len(y))), epochs=1, class_weight={0: 2.0})
-    with pytest.raises(ValueError, match=r"to be 48 numbers, one per sample\. Received: an array of shape \(3,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"to be 48 numbers, one per sample\. Received: an array of shape \(3,\)",
+    ):
         run.train((x, y, np.ones(3)), epochs=1)
-    with pytest.raises(ValueError, match=r"finite numbers >= 0\. Received: -1\.0 at index 5"):
+    with pytest.raises(
+        ValueError, match=r"finite numbers >= 0\. Received: -1\.0 at index 5"
+    ):
         weights = np.ones(len(y))
         weights[5] = -1
         run.train((x, y, weights), epochs=1)

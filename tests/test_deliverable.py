@@ -41,7 +41,9 @@ def augmented_model():
             layers.GlobalAveragePooling2D(),
         ],
     )
-    head = LayerGroup("head", [layers.Dropout(0.2), layers.Dense(3, activation="softmax")])
+    head = LayerGroup(
+        "head", [layers.Dropout(0.2), layers.Dense(3, activation="softmax")]
+    )
     return augment + features + head
 
 
@@ -66,7 +68,9 @@ def trained(tmp_path_factory):
 
 def test_a_run_records_how_its_images_were_loaded_and_the_model_keeps_it(trained):
     run, images, root = trained
-    expected = InputRecipe(image_size=(12, 12), color_mode="rgb", interpolation="bicubic")
+    expected = InputRecipe(
+        image_size=(12, 12), color_mode="rgb", interpolation="bicubic"
+    )
 
     assert run.model.input_recipe == expected.to_config()
     loaded = load_trained_model(root / "run")
@@ -106,7 +110,9 @@ def test_the_predict_step_gives_keras_outputs_for_every_form_of_data():
     }
     for name, data in forms.items():
         predictions = predict(model, data, batch_size=7)  # 7 batches, the last of 3.
-        np.testing.assert_allclose(predictions.outputs, expected, rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(
+            predictions.outputs, expected, rtol=1e-5, atol=1e-6, err_msg=name
+        )
         if name in ("(x, y)", "a dataset"):
             np.testing.assert_array_equal(predictions.labels, y)
         else:
@@ -138,16 +144,27 @@ def test_preprocessing_mapped_over_the_dataset_must_be_given_for_files(tmp_path)
     mapped = folder_dataset(images).map(lambda x, y: (x / 127.5 - 1, y))
     recipe = recipe_of_dataset(mapped)
     assert recipe.pipeline_preprocessing
-    assert not recipe_of_dataset(folder_dataset(images).map(lambda x, y: (x, y))).pipeline_preprocessing
+    assert not recipe_of_dataset(
+        folder_dataset(images).map(lambda x, y: (x, y))
+    ).pipeline_preprocessing
     model = keras.Sequential(
-        [keras.Input((12, 12, 3)), layers.Flatten(), layers.Dense(3, activation="softmax")]
+        [
+            keras.Input((12, 12, 3)),
+            layers.Flatten(),
+            layers.Dense(3, activation="softmax"),
+        ]
     )
     model.input_recipe = recipe.to_config()
 
-    with pytest.raises(ValueError, match=r"whose pipeline changed the images after loading them .* or pass preprocess= the same function"):
+    with pytest.raises(
+        ValueError,
+        match=r"whose pipeline changed the images after loading them .* or pass preprocess= the same function",
+    ):
         predict_files(model, images)
     given = predict_files(model, images, preprocess=lambda x: x / 127.5 - 1)
-    expected = model.predict(folder_dataset(images, shuffle=False).map(lambda x, y: x / 127.5 - 1), verbose=0)
+    expected = model.predict(
+        folder_dataset(images, shuffle=False).map(lambda x, y: x / 127.5 - 1), verbose=0
+    )
     np.testing.assert_allclose(given.outputs, expected, rtol=1e-6)
 
 
@@ -156,16 +173,29 @@ def test_predictions_refuse_what_they_cannot_load(trained, tmp_path):
     with pytest.raises(ValueError, match=r"No such file or folder: '.*missing.png'"):
         run.predict([str(tmp_path / "missing.png")])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=r"No images \(.bmp, .gif, .jpeg, .jpg, .png\)"):
+    with pytest.raises(
+        ValueError, match=r"No images \(.bmp, .gif, .jpeg, .jpg, .png\)"
+    ):
         run.predict(tmp_path / "empty")
     other = image_folder(tmp_path / "other", classes=2, per_class=1)
     (other / "class_1").rename(other / "owl")
-    with pytest.raises(ValueError, match=r"The class folders \['class_0', 'owl'\] are not classes|The class folders \['owl'\] are not classes"):
+    with pytest.raises(
+        ValueError,
+        match=r"The class folders \['class_0', 'owl'\] are not classes|The class folders \['owl'\] are not classes",
+    ):
         run.predict(other)
-    plain = keras.Sequential([keras.Input((12, 12, 3)), layers.Flatten(), layers.Dense(3)])
-    with pytest.raises(ValueError, match=r"has no input recipe: .* Pass recipe=InputRecipe\(image_size=\(12, 12\)"):
+    plain = keras.Sequential(
+        [keras.Input((12, 12, 3)), layers.Flatten(), layers.Dense(3)]
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"has no input recipe: .* Pass recipe=InputRecipe\(image_size=\(12, 12\)",
+    ):
         predict_files(plain, images)
-    with pytest.raises(ValueError, match=r"The recipe loads images of shape \(10, 10, 3\) \(10x10 rgb, bilinear\), but model .* takes \(12, 12, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"The recipe loads images of shape \(10, 10, 3\) \(10x10 rgb, bilinear\), but model .* takes \(12, 12, 3\)",
+    ):
         predict_files(plain, images, recipe=InputRecipe((10, 10)))
 
 
@@ -176,10 +206,29 @@ def test_the_predict_command_writes_a_table_csv_and_json(trained, tmp_path, caps
     summary = json.loads(capsys.readouterr().out)
     assert len(summary["predictions"]) == 24
     assert summary["accuracy"] == pytest.approx(run.predict(images).accuracy)
-    assert set(summary["predictions"][0]) == {"file", "predicted", "probability", "probabilities", "true"}
+    assert set(summary["predictions"][0]) == {
+        "file",
+        "predicted",
+        "probability",
+        "probabilities",
+        "true",
+    }
 
     out = tmp_path / "predictions.csv"
-    assert main(["predict", str(root / "run"), str(images / "class_1"), "--format", "csv", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(root / "run"),
+                str(images / "class_1"),
+                "--format",
+                "csv",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     lines = out.read_text().splitlines()
     assert lines[0] == "file,predicted,probability,class_0,class_1,class_2"
     assert len(lines) == 9
@@ -200,7 +249,9 @@ def test_a_saved_model_export_serves_with_augmentation_off(trained, tmp_path):
     assert result.parity_max_difference <= 1e-5 and result.parity_samples == 24
     served = load_exported(tmp_path / "served", "tf_saved_model")
     np.testing.assert_allclose(served(x), expected, atol=1e-5)
-    metadata = json.loads(metadata_path(tmp_path / "served", "tf_saved_model").read_text())
+    metadata = json.loads(
+        metadata_path(tmp_path / "served", "tf_saved_model").read_text()
+    )
     assert metadata["class_names"] == ["class_0", "class_1", "class_2"]
     assert metadata["input_recipe"]["interpolation"] == "bicubic"
     assert metadata["parity"]["max_difference"] == result.parity_max_difference
@@ -210,7 +261,9 @@ def test_a_saved_model_export_serves_with_augmentation_off(trained, tmp_path):
     assert np.abs(baked.serve(x).numpy() - expected).max() > 1e-3
 
 
-def test_litert_exports_float_and_quantized_with_accuracy_before_and_after(trained, tmp_path):
+def test_litert_exports_float_and_quantized_with_accuracy_before_and_after(
+    trained, tmp_path
+):
     run, images, _ = trained
     results = {
         quantize: export(
@@ -234,7 +287,9 @@ def test_litert_exports_float_and_quantized_with_accuracy_before_and_after(train
         assert (tmp_path / f"model-{quantize}.tflite").stat().st_size > 0
     types = {q: tensor_types(tmp_path / f"model-{q}.tflite") for q in results}
     assert "int8" not in types[None]
-    assert "int8" in types["int8"]  # The converter leaves layers this small in float for "dynamic".
+    assert (
+        "int8" in types["int8"]
+    )  # The converter leaves layers this small in float for "dynamic".
     assert results["int8"].parity_max_difference > 0
     assert results[None].accuracy["exported"] == accuracy
 
@@ -250,34 +305,61 @@ def test_onnx_exports_where_its_converter_is_installed(trained, tmp_path):
     pytest.importorskip("tf2onnx")
     pytest.importorskip("onnxruntime")
     run, images, _ = trained
-    result = export(run.model, tmp_path / "model.onnx", format="onnx", samples=images, verbose=False)
+    result = export(
+        run.model, tmp_path / "model.onnx", format="onnx", samples=images, verbose=False
+    )
     assert result.parity_max_difference <= 1e-5
 
 
 def test_exports_refuse_bad_arguments_and_leave_nothing_half_written(trained, tmp_path):
     run, images, _ = trained
-    with pytest.raises(ValueError, match=r"Expected `format` to be one of \['tf_saved_model', 'litert', 'onnx'\]. Received: 'tflite'"):
+    with pytest.raises(
+        ValueError,
+        match=r"Expected `format` to be one of \['tf_saved_model', 'litert', 'onnx'\]. Received: 'tflite'",
+    ):
         export(run.model, tmp_path / "m", format="tflite")
-    with pytest.raises(ValueError, match=r"quantization is for format='litert'. Received: format='tf_saved_model', quantize='int8'"):
+    with pytest.raises(
+        ValueError,
+        match=r"quantization is for format='litert'. Received: format='tf_saved_model', quantize='int8'",
+    ):
         export(run.model, tmp_path / "m", quantize="int8")
     kept = tmp_path / "kept.tflite"
     kept.write_bytes(b"the user's file")
-    with pytest.raises(ValueError, match=r"exists; nothing was written. Pass overwrite=True"):
+    with pytest.raises(
+        ValueError, match=r"exists; nothing was written. Pass overwrite=True"
+    ):
         export(run.model, kept, format="litert")
-    with pytest.raises(ExportParityError, match=r"differ from the model's by up to .* nothing was written"):
-        export(run.model, kept, format="litert", overwrite=True, tolerance=-1.0, verbose=False)
+    with pytest.raises(
+        ExportParityError,
+        match=r"differ from the model's by up to .* nothing was written",
+    ):
+        export(
+            run.model,
+            kept,
+            format="litert",
+            overwrite=True,
+            tolerance=-1.0,
+            verbose=False,
+        )
     assert kept.read_bytes() == b"the user's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.tflite"]
 
 
-def test_the_export_command_checks_parity_on_the_given_folder(trained, tmp_path, capsys):
+def test_the_export_command_checks_parity_on_the_given_folder(
+    trained, tmp_path, capsys
+):
     _, images, root = trained
     out = tmp_path / "model.tflite"
     assert main(["export", str(root / "run"), str(out), "--data", str(images)]) == 0
     printed = capsys.readouterr().out
-    assert "Parity: largest difference" in printed and "on 24 samples (the given samples)" in printed
+    assert (
+        "Parity: largest difference" in printed
+        and "on 24 samples (the given samples)" in printed
+    )
     assert "Accuracy on the test data: model" in printed
-    assert json.loads((tmp_path / "model.tflite.json").read_text())["format"] == "litert"
+    assert (
+        json.loads((tmp_path / "model.tflite.json").read_text())["format"] == "litert"
+    )
 
 
 @pytest.mark.parametrize(
@@ -294,9 +376,13 @@ def test_the_preprocessing_layer_computes_the_applications_preprocess_input(
     x = np.random.default_rng(0).uniform(0, 255, (4, 5, 5, 3)).astype("float32")
     model = keras.Sequential([keras.Input((5, 5, 3)), ImagenetPreprocessing(mode)])
 
-    np.testing.assert_allclose(model(x), preprocess_input(x.copy()), rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(
+        model(x), preprocess_input(x.copy()), rtol=1e-6, atol=1e-5
+    )
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     np.testing.assert_array_equal(loaded(x), model(x))
-    with pytest.raises(ValueError, match=r"one of \['tf', 'torch', 'caffe'\]. Received: 'inception'"):
+    with pytest.raises(
+        ValueError, match=r"one of \['tf', 'torch', 'caffe'\]. Received: 'inception'"
+    ):
         ImagenetPreprocessing("inception")

@@ -43,23 +43,51 @@ def test_a_sweep_leaves_the_model_optimizer_and_random_state_bitwise_unchanged()
 
     assert sweep.trained == ("classifier",)
     assert re.fullmatch(
-        r"the feature cache \(layers conv2d(_\d+)?..flatten(_\d+)?\): covers the frozen groups",
+        r"the feature cache \(layers conv2d(_\d+)?..flatten(_\d+)?\): covers the "
+        r"frozen groups; kept for the next phase",
         sweep.cache,
     )
     after = snapshot(model.variables)
     assert after.keys() == before.keys()
     assert all(bitwise_equal(after[k], before[k]) for k in before)
     assert model.optimizer is optimizer
-    assert all(bitwise_equal(v, slots[k]) for k, v in snapshot(optimizer.variables).items())
+    assert all(
+        bitwise_equal(v, slots[k]) for k, v in snapshot(optimizer.variables).items()
+    )
     assert [layer.trainable for layer in model.layers] == flags
     assert np.array_equal(np.random.get_state()[1], numpy_state)
     assert run.frozen_groups == () and len(run.results) == 1
-    # The next phase trains bitwise as it does without the sweep.
-    run.fine_tune(data, freeze="features", epochs=1)
+    # The next phase takes the sweep's cache, and trains bitwise as it does
+    # without the sweep.
+    ours = run.fine_tune(data, freeze="features", epochs=1)
     twin.fine_tune(data, freeze="features", epochs=1)
+    assert "MiB in memory, computed by the learning-rate sweep" in ours.cache
+    assert ours.cache_seconds == 0.0
     ours, theirs = snapshot(run.model.weights), snapshot(twin.model.weights)
     pairs = zip(ours.values(), theirs.values(), strict=True)
     assert all(bitwise_equal(a, b) for a, b in pairs)
+
+
+def test_a_kept_cache_serves_only_a_phase_with_the_same_layers_weights_and_data():
+    data = make_data()
+    other = make_data(seed=1)
+    run = make_run()
+    for change in ("data", "weights", "frozen groups"):
+        run.find_learning_rate(data, freeze="features", steps=5)
+        if change == "weights":
+            kernel = run.model.groups["features"][0].kernel
+            kernel.assign(kernel * 1.01)
+        if change == "frozen groups":
+            result = run.train(data, epochs=1)  # Nothing frozen: no cache.
+            assert result.cache_code == "nothing_frozen"
+            continue
+        result = run.fine_tune(
+            other if change == "data" else data, freeze="features", epochs=1
+        )
+        run.unfreeze("features")
+        assert "learning-rate sweep" not in result.cache, change
+        assert result.cache_seconds > 0, change
+    assert run._kept_cache is None
 
 
 def test_the_sweep_trains_only_what_the_phase_would_and_moves_it():
@@ -69,7 +97,9 @@ def test_the_sweep_trains_only_what_the_phase_would_and_moves_it():
 
     class Watch(keras.optimizers.SGD):
         def apply(self, grads, trainable_variables=None):
-            seen["variables"] = [v.path for v in (trainable_variables or self._trainable_variables)]
+            seen["variables"] = [
+                v.path for v in (trainable_variables or self._trainable_variables)
+            ]
             return super().apply(grads, trainable_variables)
 
     sweep = run.find_learning_rate(
@@ -88,13 +118,17 @@ def test_a_diverging_loss_ends_the_sweep_early():
     data = make_data()
     sweep = make_run().find_learning_rate(data, min_lr=1e-3, max_lr=1e6, steps=100)
     assert len(sweep.losses) < 100
-    assert sweep.stopped.startswith(f"at step {len(sweep.losses)} of 100: the smoothed loss")
+    assert sweep.stopped.startswith(
+        f"at step {len(sweep.losses)} of 100: the smoothed loss"
+    )
 
 
 def test_the_suggestion_is_the_steepest_fall_before_the_minimum():
     rates = np.logspace(-6, 0, 61)
     # The loss falls fastest at 1e-4, is lowest at 1e-2, then diverges.
-    loss = 2 - np.tanh(2 * (np.log10(rates) + 4)) + np.maximum(0, np.log10(rates) + 2) ** 2
+    loss = (
+        2 - np.tanh(2 * (np.log10(rates) + 4)) + np.maximum(0, np.log10(rates) + 2) ** 2
+    )
     steepest, lowest = suggest_rate(rates, loss)
     assert steepest == pytest.approx(1e-4, rel=0.13)
     assert lowest == pytest.approx(1e-2, rel=0.13)
@@ -102,10 +136,39 @@ def test_the_suggestion_is_the_steepest_fall_before_the_minimum():
 
 def test_bad_sweep_settings_are_refused():
     run = make_run()
-    with pytest.raises(ValueError, match=r"Expected 0 < min_lr < max_lr. Received: min_lr=1.0, max_lr=0.1"):
+    with pytest.raises(
+        ValueError,
+        match=r"Expected 0 < min_lr < max_lr. Received: min_lr=1.0, max_lr=0.1",
+    ):
         run.find_learning_rate(make_data(), min_lr=1.0, max_lr=0.1)
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)
     with pytest.raises(ValueError, match="its optimizer has a schedule"):
-        run.find_learning_rate(make_data(), optimizer=lambda: keras.optimizers.SGD(schedule))
-    with pytest.raises(ValueError, match=r"Unknown group .nothing.. Expected one of \[.features., .classifier.\]"):
+        run.find_learning_rate(
+            make_data(), optimizer=lambda: keras.optimizers.SGD(schedule)
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown group .nothing.. Expected one of \[.features., .classifier.\]",
+    ):
         run.find_learning_rate(make_data(), freeze="nothing")
+
+
+@pytest.mark.parametrize("where", ["a dataset", "a cache on disk"])
+def test_the_sweep_runs_on_datasets_and_on_a_cache_on_disk(tmp_path, where):
+    import tensorflow as tf
+
+    x, y = make_data()
+    if where == "a dataset":
+        run, data = make_run(), tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    else:
+        run, data = make_run(feature_cache_memory=0, directory=tmp_path / "run"), (x, y)
+    before = snapshot(run.model.variables)
+
+    sweep = run.find_learning_rate(data, freeze="features", steps=8, max_lr=1.0)
+
+    assert len(sweep.losses) == 8 and np.all(np.isfinite(sweep.losses))
+    expected = "no feature cache" if where == "a dataset" else "the feature cache"
+    assert sweep.cache.startswith(expected)
+    after = snapshot(run.model.variables)
+    assert all(bitwise_equal(after[k], before[k]) for k in before)
+    assert run._kept_cache is None  # Only a cache in memory is kept.

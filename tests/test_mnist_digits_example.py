@@ -216,7 +216,11 @@ def test_a_run_killed_in_the_second_phase_resumes_and_finishes(tmp_path, strateg
     check_report(report, epochs=5)
     assert report["settings"]["resumed"] is True
     assert len(report["phases"][1]["history"]["loss"]) == 5
-    assert sorted(report["figures"]) == ["confusion_matrix", "learning_curves", "top_losses"]
+    assert sorted(report["figures"]) == [
+        "confusion_matrix",
+        "learning_curves",
+        "top_losses",
+    ]
     assert report["settings"]["replicas"] == (2 if strategy else 1)
     if strategy:
         assert report["settings"]["strategy"] == "mirrored"

@@ -53,7 +53,9 @@ def test_the_offline_default_pretrains_then_transfers_in_cached_stages(
     assert mistakes["total"] == fives_to_nines and mistakes["rows"]
     assert all(row["true"] != row["predicted"] for row in mistakes["rows"])
     assert {row["true"] for row in mistakes["rows"]} <= {5, 6, 7, 8, 9}
-    assert (out / "top_losses.png").is_file() and (out / "confusion_matrix.png").is_file()
+    assert (out / "top_losses.png").is_file() and (
+        out / "confusion_matrix.png"
+    ).is_file()
 
     capsys.readouterr()
     again = example.main(list(map(str, args)))  # The same command resumes.

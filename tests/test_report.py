@@ -209,16 +209,19 @@ def test_the_report_lists_and_draws_the_top_losses(tmp_path, report, capsys):
         (x, np.array([0, 0, 1])),
         phase="fine_tune",
     )
-    report = build_report(
-        [], dataset="tiny", total_seconds=1.0, top_losses=top
-    ) | {"phases": report["phases"]}
+    report = build_report([], dataset="tiny", total_seconds=1.0, top_losses=top) | {
+        "phases": report["phases"]
+    }
 
     write_report(tmp_path, report, images={"top_losses": top.images})
 
     assert report["figures"]["top_losses"] == "top_losses.png"
     assert (tmp_path / "top_losses.png").stat().st_size > 0
     markdown = (tmp_path / "report.md").read_text()
-    assert "## Top losses, phase 'fine_tune': the 1 most confidently wrong of 1 mistakes in 3 samples" in markdown
+    assert (
+        "## Top losses, phase 'fine_tune': the 1 most confidently wrong of 1 mistakes in 3 samples"
+        in markdown
+    )
     assert "| 0 | 0 | 1 | 0.900 | 2.30 |" in markdown
     assert cli(["report", str(tmp_path)]) == 0
     assert "sample  true  predicted  p      loss" in capsys.readouterr().out

@@ -311,7 +311,9 @@ def test_invalid_phase_options_are_rejected(kwargs, error, message):
 def test_invalid_data_is_rejected_with_what_is_accepted():
     run = make_run(make_model())
     x, y = make_data()
-    with pytest.raises(TypeError, match=r"ClassSubset, an \(x, y\) or \(x, y, sample_weight\) tuple"):
+    with pytest.raises(
+        TypeError, match=r"ClassSubset, an \(x, y\) or \(x, y, sample_weight\) tuple"
+    ):
         run.train([x, y], epochs=1)
     with pytest.raises(ValueError, match=r"len\(x\)=47, len\(y\)=48"):
         run.train((x[1:], y), epochs=1)

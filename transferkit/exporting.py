@@ -194,19 +194,24 @@ def export(
             accuracy=accuracy,
             seconds=time.perf_counter() - started,
         )
-        # Inside the folder before it moves; beside a file, before it lands.
-        inside = format == "tf_saved_model"
-        _write_metadata(
-            model, result, metadata_path(partial, format) if inside else None
-        )
-        if target.exists():
-            _remove(target)
-        os.replace(partial, target)
+        _land(model, result, partial, target)
     finally:
         _remove(partial)
     if verbose:
         print(result.describe(), flush=True)
     return result
+
+
+def _land(model, result: ExportResult, partial: Path, target: Path) -> None:
+    """Writes the metadata (inside a SavedModel folder before it moves;
+    beside a file before it lands), then moves the artifact into place."""
+    inside = result.format == "tf_saved_model"
+    _write_metadata(
+        model, result, metadata_path(partial, result.format) if inside else None
+    )
+    if target.exists():
+        _remove(target)
+    os.replace(partial, target)
 
 
 def _check_arguments(path, format, quantize, overwrite) -> Path:

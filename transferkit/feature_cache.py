@@ -238,10 +238,14 @@ class FeatureCache:
         """How many views the features of `name` hold."""
         return self.views if name == "train" else 1
 
+    origin = ""
+    """How the cache came to the phase, when not computed by it."""
+
     def describe(self) -> str:
         where = f"on disk in {str(self.folder)!r}" if self.on_disk else "in memory"
         views = f", {self.views} fixed augmented views" if self.views > 1 else ""
-        return f"{self.nbytes / 2**20:,.1f} MiB {where}{views}"
+        origin = f", {self.origin}" if self.origin else ""
+        return f"{self.nbytes / 2**20:,.1f} MiB {where}{views}{origin}"
 
     def close(self) -> None:
         """Frees the cache and deletes its files, if any."""

@@ -18,6 +18,7 @@ a model inside a run may have a trainer model compiled beside it.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,8 +50,25 @@ def predict_function(
     augmenting: int = 0,
 ):
     """`predict_step` of `layers` compiled for batches of any size shaped
-    like `spec` (its first dimension is ignored)."""
+    like `spec` (its first dimension is ignored). For a model, one function
+    per input signature is kept with it (as Keras keeps its
+    `predict_function`), so later calls do not trace again."""
     signature = tf.TensorSpec((None, *spec.shape[1:]), spec.dtype)
+    if not isinstance(layers, keras.Layer):
+        return _compiled(layers, signature, augmenting)
+    functions = _FUNCTIONS.setdefault(layers, {})
+    key = (tuple(signature.shape), signature.dtype, augmenting)
+    if key not in functions:
+        functions[key] = _compiled(layers, signature, augmenting)
+    return functions[key]
+
+
+_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Each model's compiled predict steps, by input signature; dropped with
+the model."""
+
+
+def _compiled(layers, signature: tf.TensorSpec, augmenting: int):
     return tf.function(
         lambda x: predict_step(layers, x, augmenting), input_signature=[signature]
     )

@@ -82,10 +82,7 @@ def training_behaviour(layer: keras.Layer) -> str:
     """How `layer`'s output may differ from step to step: `"draws random
     numbers"`, `"draws random numbers in training"`, `"behaves differently
     in training"`, or `""` when it computes the same function every time."""
-    state = tuple(
-        (sublayer.trainable, sublayer.dtype_policy.name)
-        for sublayer in layer._flatten_layers(include_self=True)
-    )
+    state = _state(layer)
     known = _BEHAVIOUR.get(layer)
     if known is not None and known[0] == state:
         return known[1]
@@ -101,7 +98,14 @@ def training_behaviour(layer: keras.Layer) -> str:
 def same_in_training(layers: Sequence[keras.Layer], spec: tf.TensorSpec) -> bool:
     """Whether `layers`, applied in order to inputs of `spec`, draw no random
     numbers and compute the same in training as in inference: one trace of
-    all of them, to spare tracing each layer of a backbone."""
+    all of them, to spare tracing each layer of a backbone. Remembered for
+    the same layers in the same trainable state (a learning-rate sweep and
+    the phase after it plan alike)."""
+    key = (tuple(map(id, layers)), tuple(spec.shape), spec.dtype)
+    state = tuple(_state(layer) for layer in layers)
+    known = _SAME.get(key)
+    if known is not None and known[0] == state and _alive(known[1], layers):
+        return known[2]
 
     def forward(x, training):
         for layer in layers:
@@ -109,9 +113,32 @@ def same_in_training(layers: Sequence[keras.Layer], spec: tf.TensorSpec) -> bool
         return x
 
     try:
-        return _compare(forward, spec) == ""
+        same = _compare(forward, spec) == ""
     except Exception:  # noqa: BLE001 (then each layer is traced alone)
-        return False
+        same = False
+    for gone in [k for k, v in _SAME.items() if any(r() is None for r in v[1])]:
+        del _SAME[gone]
+    _SAME[key] = (state, [weakref.ref(layer) for layer in layers], same)
+    return same
+
+
+_SAME: dict[tuple, tuple] = {}
+"""`same_in_training` by layer ids and input spec: the layers' state,
+weak references to them (an id may be reused once a layer is gone), and
+the answer."""
+
+
+def _alive(references, layers) -> bool:
+    return all(ref() is layer for ref, layer in zip(references, layers, strict=True))
+
+
+def _state(layer: keras.Layer) -> tuple:
+    """What a layer's behaviour depends on besides its code: the trainable
+    flags and dtype policies of it and its sublayers."""
+    return tuple(
+        (sublayer.trainable, sublayer.dtype_policy.name)
+        for sublayer in layer._flatten_layers(include_self=True)
+    )
 
 
 def first_varying_layer(layers: Sequence[keras.Layer]) -> tuple[int, str]:

@@ -34,7 +34,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["LearningRateSweep", "sweep_learning_rate", "suggest_rate"]
+__all__ = [
+    "InMemoryBatches",
+    "LearningRateSweep",
+    "check_settings",
+    "suggest_rate",
+    "sweep_learning_rate",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +64,24 @@ class LearningRateSweep:
     cache: str
     """Whether the sweep trained on the feature cache, and why (not)."""
     seconds: float
+
+    @classmethod
+    def of(cls, found, trained, cache: str, seconds: float) -> LearningRateSweep:
+        """The sweep of `found`, `(rates, losses, smoothed, stopped)`."""
+        rates, losses, smoothed, stopped = found
+        steepest, lowest = suggest_rate(rates, smoothed)
+        return cls(
+            learning_rates=tuple(rates),
+            losses=tuple(losses),
+            smoothed=tuple(smoothed),
+            suggested=steepest,
+            minimum_rate=lowest,
+            rule="steepest descent of the smoothed loss before its minimum",
+            stopped=stopped,
+            trained=tuple(trained),
+            cache=cache,
+            seconds=seconds,
+        )
 
     def plot(self, path: str | Path | None = None):
         """The loss against the learning rate (log scale), the suggestion
@@ -96,9 +120,28 @@ def suggest_rate(
     return float(rates[start + int(np.argmin(slopes))]), float(rates[lowest])
 
 
+def check_settings(min_lr, max_lr, steps, smoothing, divergence) -> None:
+    """Raises for sweep settings out of range, naming them."""
+    if not 0 < min_lr < max_lr:
+        raise ValueError(
+            "Expected 0 < min_lr < max_lr. Received: "
+            f"min_lr={min_lr!r}, max_lr={max_lr!r}"
+        )
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise ValueError(f"Expected `steps` to be an int >= 2. Received: {steps!r}")
+    if not 0 <= smoothing < 1:
+        raise ValueError(
+            f"Expected 0 <= smoothing < 1. Received: smoothing={smoothing!r}"
+        )
+    if not divergence > 1:
+        raise ValueError(
+            f"Expected divergence > 1. Received: divergence={divergence!r}"
+        )
+
+
 def sweep_learning_rate(
     trainer: keras.Model,
-    batches: Iterator[tuple],
+    batches: Iterator[tuple] | InMemoryBatches,
     *,
     min_lr: float,
     max_lr: float,
@@ -108,43 +151,102 @@ def sweep_learning_rate(
 ) -> tuple[list[float], list[float], list[float], str]:
     """Trains `trainer` (compiled with the sweep's optimizer) one batch a
     step at exponentially growing rates; returns the rates, losses, smoothed
-    losses and why it stopped."""
-    optimizer = trainer.optimizer
-    step_function = tf.function(trainer.train_step)
-    rates, losses, smoothed = [], [], []
+    losses and why it stopped. Batches in memory run `_CHUNK` steps a call
+    into TensorFlow; others one step a call."""
+    exponents = np.arange(steps) / max(1, steps - 1)
+    rates = (min_lr * (max_lr / min_lr) ** exponents).tolist()
+    if isinstance(batches, InMemoryBatches):
+        chunks = batches.losses(trainer, rates)
+    else:
+        chunks = _losses_one_by_one(trainer, batches, rates)
+    losses, smoothed = [], []
     average, best = 0.0, math.inf
-    stopped = f"after its {steps} steps"
-    for step in range(steps):
-        rate = min_lr * (max_lr / min_lr) ** (step / max(1, steps - 1))
-        optimizer.learning_rate = rate
+    for chunk in chunks:
+        for loss in chunk:
+            step = len(losses)
+            losses.append(float(loss))
+            average = smoothing * average + (1 - smoothing) * losses[-1]
+            smoothed.append(average / (1 - smoothing ** (step + 1)))
+            if not math.isfinite(smoothed[-1]) or smoothed[-1] > divergence * best:
+                stopped = (
+                    f"at step {step + 1} of {steps}: the smoothed loss "
+                    f"{smoothed[-1]:.4g} exceeded {divergence:g} times its lowest"
+                )
+                return rates[: step + 1], losses, smoothed, stopped
+            best = min(best, smoothed[-1])
+    return rates, losses, smoothed, f"after its {steps} steps"
+
+
+_CHUNK = 25
+"""Steps per call into TensorFlow for batches in memory; the divergence is
+checked between calls (the steps after it are discarded)."""
+
+
+def _losses_one_by_one(trainer, batches, rates) -> Iterator[list[float]]:
+    step_function = tf.function(trainer.train_step)
+    for rate in rates:
+        trainer.optimizer.learning_rate = rate
         trainer.reset_metrics()
-        logs = step_function(next(batches))
-        loss = float(np.asarray(logs["loss"]))
-        rates.append(rate)
-        losses.append(loss)
-        average = smoothing * average + (1 - smoothing) * loss
-        smoothed.append(average / (1 - smoothing ** (step + 1)))
-        if not math.isfinite(smoothed[-1]) or smoothed[-1] > divergence * best:
-            stopped = (
-                f"at step {step + 1} of {steps}: the smoothed loss "
-                f"{smoothed[-1]:.4g} exceeded {divergence:g} times its lowest"
+        yield [float(np.asarray(step_function(next(batches))["loss"]))]
+
+
+class InMemoryBatches:
+    """Shuffled batches of per-sample tensors in memory, gathered inside a
+    compiled loop of many steps; the order is drawn from a generator of its
+    own, epoch after epoch."""
+
+    def __init__(self, tensors: Sequence[Any], batch_size: int, seed: int):
+        self.tensors = [
+            t if isinstance(t, tf.Tensor) else tf.constant(t) for t in tensors
+        ]
+        self.rows = int(self.tensors[0].shape[0])
+        self.batch_size = min(batch_size, self.rows)
+        self.rng = np.random.default_rng(seed)
+
+    def losses(self, trainer, rates) -> Iterator[np.ndarray]:
+        """The loss of each step at `rates`, `_CHUNK` steps a call."""
+        steps = len(rates)
+        needed = steps * self.batch_size
+        order = np.concatenate(
+            [self.rng.permutation(self.rows) for _ in range(-(-needed // self.rows))]
+        )[:needed].reshape(steps, self.batch_size)
+        trainer._symbolic_build(data_batch=tuple(t[:1] for t in self.tensors))
+        run = tf.function(lambda order, rates: self._steps(trainer, order, rates))
+        for start in range(0, steps, _CHUNK):
+            chunk = slice(start, start + _CHUNK)
+            yield np.asarray(
+                run(tf.constant(order[chunk], tf.int32), tf.constant(rates[chunk]))
             )
-            break
-        best = min(best, smoothed[-1])
-    return rates, losses, smoothed, stopped
+
+    def _steps(self, trainer, order, rates):
+        losses = tf.TensorArray(tf.float32, size=tf.shape(rates)[0])
+        for step in tf.range(tf.shape(rates)[0]):
+            trainer.optimizer.learning_rate.assign(tf.cast(rates[step], "float32"))
+            for metric in trainer.metrics:
+                metric.reset_state()
+            batch = tuple(tf.gather(t, order[step]) for t in self.tensors)
+            logs = trainer.train_step(batch)
+            losses = losses.write(step, tf.cast(logs["loss"], tf.float32))
+        return losses.stack()
 
 
 def batches_of(arrays: Sequence[Any], batch_size: int, seed: int) -> Iterator[tuple]:
-    """Endless shuffled batches of in-memory `arrays` (samples first), in an
+    """Endless shuffled batches of per-sample `arrays` read from the feature
+    cache's files (which `read` rows) or arrays, one batch at a time, in an
     order drawn from a generator of their own."""
     rng = np.random.default_rng(seed)
-    tensors = [a if isinstance(a, tf.Tensor) else tf.constant(a) for a in arrays]
-    rows = int(tensors[0].shape[0])
+    rows = len(arrays[0])
     while True:
         order = rng.permutation(rows)
         for start in range(0, rows, batch_size):
-            chosen = tf.constant(order[start : start + batch_size])
-            yield tuple(tf.gather(t, chosen) for t in tensors)
+            chosen = order[start : start + batch_size]
+            yield tuple(_rows(values, chosen) for values in arrays)
+
+
+def _rows(values, chosen: np.ndarray) -> tf.Tensor:
+    if hasattr(values, "read"):  # A FeatureFile or FeatureViews.
+        return tf.constant(values.read(chosen))
+    return tf.constant(np.asarray(values)[chosen])
 
 
 def dataset_batches(dataset: tf.data.Dataset) -> Iterator[tuple]:

@@ -342,6 +342,7 @@ class Phases:
             self._state.end_epoch(record, epoch, logs, elapsed(), save=interrupted)
 
         earlier = record.cache_seconds  # Of the sessions before a resume.
+        kept, self._kept_cache = getattr(self, "_kept_cache", None), None
 
         def on_cache(seconds):
             record.cache_seconds = earlier + seconds
@@ -360,6 +361,7 @@ class Phases:
             options=self._training_options,
             phase=record.name,
             on_cache=on_cache,
+            kept=kept,
         )
 
     def _result(

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from transferkit import lr_finder
 from transferkit.inference import Predictions, predict
+from transferkit.kept_cache import KeptCache
 from transferkit.loop import DEFAULT_STEPS_PER_CALL, InMemoryLoop
 from transferkit.optimizers import OptimizerSpec
 from transferkit.phases import _backbone_batch_norm
@@ -39,6 +40,8 @@ class RunTools:
         optimizer: OptimizerSpec | None = None,
         lr_multipliers: Mapping[str, float] | None = None,
         class_weight: Any = None,
+        validation_data: Data | None = None,
+        keep_cache: bool = True,
         min_lr: float = 1e-7,
         max_lr: float = 10.0,
         steps: int = 100,
@@ -57,6 +60,15 @@ class RunTools:
                 be a number, which the sweep sets. Defaults to the run's.
             lr_multipliers: as for `train`.
             class_weight: as for `train`.
+            validation_data: the phase's validation data, if it will have
+                any: the sweep does not use it, but caches its features
+                beside the training data's, so that the phase can take the
+                whole cache. Defaults to `None`.
+            keep_cache: keep the sweep's feature cache (in memory) for the
+                run's next phase, which uses it where it holds that phase's
+                features (the same frozen layers, weights and data;
+                `transferkit.kept_cache`), and frees it otherwise. Defaults
+                to `True`.
             min_lr: the first step's rate. Defaults to `1e-7`.
             max_lr: the last step's rate. Defaults to `10.0`.
             steps: steps (batches) at most. Defaults to `100`.
@@ -74,15 +86,14 @@ class RunTools:
                 "The learning-rate sweep runs on one device; sweep with a run "
                 "made without `strategy`, then train with it."
             )
-        if not 0 < min_lr < max_lr:
-            raise ValueError(
-                "Expected 0 < min_lr < max_lr. Received: "
-                f"min_lr={min_lr!r}, max_lr={max_lr!r}"
-            )
+        settings = (min_lr, max_lr, steps, smoothing, divergence, seed)
+        lr_finder.check_settings(*settings[:5])
         names = (freeze,) if isinstance(freeze, str) else tuple(freeze)
         groups = self._groups_named(names, "freeze")
         started = time.perf_counter()
-        train, _ = self._prepare_phase_data(data, None, None, class_weight)
+        train, validation = self._prepare_phase_data(
+            data, validation_data, None, class_weight
+        )
         multipliers = self._check_multipliers(lr_multipliers)
         with lr_finder.state_kept(self._model):
             frozen = self._freeze_for_phase(groups)
@@ -90,27 +101,15 @@ class RunTools:
                 n for n in self._model.groups if n not in self.frozen_groups
             )
             with _backbone_batch_norm(self._model, "inference"):
-                rates, losses, smoothed, stopped, cache = self._sweep(
-                    train,
-                    frozen,
-                    self._make_optimizer(optimizer, multipliers),
-                    (min_lr, max_lr, steps, smoothing, divergence, seed),
+                optimizer = self._make_optimizer(optimizer, multipliers)
+                found, cache = self._sweep(
+                    train, validation, frozen, optimizer, settings, keep_cache
                 )
-        steepest, lowest = lr_finder.suggest_rate(rates, smoothed)
-        return lr_finder.LearningRateSweep(
-            learning_rates=tuple(rates),
-            losses=tuple(losses),
-            smoothed=tuple(smoothed),
-            suggested=steepest,
-            minimum_rate=lowest,
-            rule="steepest descent of the smoothed loss before its minimum",
-            stopped=stopped,
-            trained=trained,
-            cache=cache,
-            seconds=time.perf_counter() - started,
-        )
+        seconds = time.perf_counter() - started
+        return lr_finder.LearningRateSweep.of(found, trained, cache, seconds)
 
-    def _sweep(self, train, frozen, optimizer, settings):
+    def _sweep(self, train, validation, frozen, optimizer, settings, keep):
+        """`((rates, losses, smoothed, stopped), what the cache did)`."""
         min_lr, max_lr, steps, smoothing, divergence, seed = settings
         if isinstance(
             optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule
@@ -119,29 +118,16 @@ class RunTools:
                 "The sweep sets the learning rate itself; its optimizer has a "
                 "schedule. Pass optimizer= one with a constant rate."
             )
+        self.drop_kept_cache()
         options = dataclasses.replace(self._training_options, lean_step=False)
         names = [group.name for group in frozen]
-        plan = _plan_cache(self._model, options, train, None, names)
-        options = dataclasses.replace(options, cache_folder=None)
-        cache, plan = _build_cache(self._model, plan, train, None, options)
+        plan = _plan_cache(self._model, options, train, validation, names)
+        cache, plan = _build_cache(self._model, plan, train, validation, options)
         try:
             compile_args = {**self._compile_args(optimizer), "metrics": None}
-            if cache is not None and not cache.on_disk:
-                labels, weights, _ = _cached_labels(cache, "train", train)
-                arrays = [cache.features["train"], labels]
-                trainer = _trainer(self._model, plan.rest, cache, options, compile_args)
-            else:
-                trainer = keras.Sequential(self._model.layers, name="sweep")
-                trainer.compile(**compile_args)
-                arrays = None if train.is_dataset else list(train.arrays)
-                weights = None
-            if arrays is not None:
-                arrays += [] if weights is None else [weights]
-                batches = lr_finder.batches_of(
-                    arrays, train.batch_size or self._batch_size, seed
-                )
-            else:
-                batches = lr_finder.dataset_batches(train.x)
+            trainer, batches = self._sweep_batches(
+                train, cache, plan, options, compile_args, seed
+            )
             found = lr_finder.sweep_learning_rate(
                 trainer,
                 batches,
@@ -151,15 +137,42 @@ class RunTools:
                 smoothing=smoothing,
                 divergence=divergence,
             )
-        finally:
+        except BaseException:
             if cache is not None:
                 cache.close()
-        where = (
-            f"the feature cache (layers {plan.span})"
-            if cache is not None and not cache.on_disk
-            else "no feature cache"
-        )
-        return (*found, f"{where}: {plan.reason}")
+            raise
+        if cache is None:
+            return found, f"no feature cache: {plan.reason}"
+        where = f"the feature cache (layers {plan.span}): {plan.reason}"
+        if keep and not cache.on_disk:
+            self._kept_cache = KeptCache.of(cache, plan, train, validation)
+            return found, f"{where}; kept for the next phase"
+        cache.close()
+        return found, where
+
+    def _sweep_batches(self, train, cache, plan, options, compile_args, seed):
+        """The model the sweep trains, and its batches: of the cached
+        features (in memory or files), or of the data itself."""
+        batch_size = train.batch_size or self._batch_size
+        if cache is None:
+            trainer = keras.Sequential(self._model.layers, name="sweep")
+            trainer.compile(**compile_args)
+            if train.is_dataset:
+                return trainer, lr_finder.dataset_batches(train.x)
+            return trainer, lr_finder.InMemoryBatches(train.arrays, batch_size, seed)
+        trainer = _trainer(self._model, plan.rest, cache, options, compile_args)
+        labels, weights, batch_size = _cached_labels(cache, "train", train)
+        arrays = [cache.features["train"], labels]
+        arrays += [] if weights is None else [weights]
+        if cache.on_disk:
+            return trainer, lr_finder.batches_of(arrays, batch_size, seed)
+        return trainer, lr_finder.InMemoryBatches(arrays, batch_size, seed)
+
+    def drop_kept_cache(self) -> None:
+        """Frees a cache a learning-rate sweep kept for the next phase."""
+        kept, self._kept_cache = getattr(self, "_kept_cache", None), None
+        if kept is not None:
+            kept.close()
 
     def predict(
         self,

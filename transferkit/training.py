@@ -26,6 +26,7 @@ from transferkit.cache_plan import CachePlan, plan_phase_cache
 from transferkit.distribution import Distribution
 from transferkit.epoch_guard import EpochGuard
 from transferkit.feature_cache import CacheTooLarge, FeatureCache
+from transferkit.kept_cache import KeptCache
 from transferkit.lean_step import LeanDropout, LeanSoftmax, lean_layers
 from transferkit.loop import DEFAULT_STEPS_PER_CALL, DatasetLoop, InMemoryLoop
 from transferkit.optimizers import has_fused_kernel
@@ -136,6 +137,7 @@ def train_phase(
     options: TrainingOptions,
     phase: str = "",
     on_cache: Callable[[float], None] = lambda seconds: None,
+    kept: KeptCache | None = None,
 ) -> Training:
     """Trains `model`, compiled with `compile_args`, from `initial_epoch` to
     `epochs`.
@@ -155,6 +157,8 @@ def train_phase(
         options: the run's training options.
         phase: the phase's name, for the epoch guard's messages.
         on_cache: called with the cache's seconds, once it is built.
+        kept: a learning-rate sweep's cache, used if it holds this phase's
+            features (`transferkit.kept_cache`), else freed.
 
     Raises:
         NonFiniteError: from the epoch guard, at a non-finite loss or weight.
@@ -163,12 +167,13 @@ def train_phase(
     fused = options.lean_step and has_fused_kernel(compile_args["optimizer"])
     plan = _plan_cache(model, options, train, validation, frozen)
     if initial_epoch >= epochs:  # Resumed after its last epoch was saved.
-        lean = _lean([], fused, compile_args["optimizer"])
-        return _summary(plan, None, lean, False, ("", ""))
+        if kept is not None:
+            kept.close()
+        return _summary(plan, None, _lean([], fused, compile_args["optimizer"]))
     _announce(verbose, phase, model, frozen, epochs, initial_epoch, plan)
     given = train, validation
     train, validation = _shard(train, options), _shard(validation, options)
-    cache, plan = _build_cache(model, plan, train, validation, options, verbose)
+    cache, plan = _phase_cache(model, plan, kept, train, validation, options, verbose)
     try:
         on_cache(cache.seconds if cache else 0.0)
         layers = plan.rest if cache else model.layers
@@ -190,12 +195,8 @@ def train_phase(
             if loop is not None:
                 loop.fit(**epochs_from, callbacks=phase_callbacks)
             else:
-                trainer.fit(
-                    **_fit_data(train, validation, cache),
-                    **epochs_from,
-                    callbacks=phase_callbacks,
-                    verbose=verbose,
-                )
+                fit_data = _fit_data(train, validation, cache, verbose)
+                trainer.fit(**fit_data, **epochs_from, callbacks=phase_callbacks)
     finally:
         if cache is not None:
             cache.close()
@@ -203,7 +204,18 @@ def train_phase(
     return _summary(plan, cache, lean, recorder.interrupted, why)
 
 
-def _summary(plan, cache, lean: str, interrupted: bool, loop) -> Training:
+def _phase_cache(model, plan, kept, train, validation, options, verbose):
+    """`(cache or None, plan)`: a sweep's kept cache where it holds the
+    phase's features, else one built for the phase (`_build_cache`)."""
+    cache = None if kept is None else kept.take(plan, train, validation)
+    if cache is not None:
+        return cache, plan
+    return _build_cache(model, plan, train, validation, options, verbose)
+
+
+def _summary(
+    plan, cache, lean: str, interrupted: bool = False, loop=("", "")
+) -> Training:
     """What training did, for the phase's result; `loop` is `(why, code)`."""
     return Training(
         cached_layers=plan.layers if cache is not None else 0,
@@ -450,8 +462,9 @@ def _trainer(model, layers, cache, options, compile_args) -> keras.Model:
     return trainer
 
 
-def _fit_data(train, validation, cache) -> dict[str, Any]:
-    """`fit`'s data arguments: the phase's data, or the cache's features."""
+def _fit_data(train, validation, cache, verbose) -> dict[str, Any]:
+    """`fit`'s data arguments (and `verbose`): the phase's data, or the
+    cache's features."""
     if cache is None:
         return {
             "x": train.x,
@@ -461,9 +474,14 @@ def _fit_data(train, validation, cache) -> dict[str, Any]:
             "validation_data": validation.for_fit() if validation else None,
             # A dataset shuffles itself; Keras warns if asked to.
             "shuffle": isinstance(train.x, np.ndarray),
+            "verbose": verbose,
             "steps_per_epoch": train.steps_per_epoch,
         }
-    arguments = {"x": _cached(cache, "train", train, shuffle=True), "shuffle": False}
+    arguments = {
+        "x": _cached(cache, "train", train, shuffle=True),
+        "shuffle": False,
+        "verbose": verbose,
+    }
     if validation is not None:
         arguments["validation_data"] = _cached(
             cache, "validation", validation, shuffle=False

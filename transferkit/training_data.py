@@ -92,6 +92,9 @@ class PhaseData:
     class_weights: tuple[float, ...] | None = None
     """The weight of every class id, when `class_weight` was given."""
 
+    source: Any = None
+    """The dataset the user passed (this one may be mapped from it)."""
+
     @functools.cached_property
     def samples_sha256(self) -> str | None:
         """SHA-256 of the samples' bytes, dtype and shape; `None` for a
@@ -189,6 +192,14 @@ def prepare_data(
             "arrays, whose epoch is every sample once. Received: "
             f"steps_per_epoch={steps_per_epoch}"
         )
+    return _from_arrays(
+        data, argument, model, loss, batch_size, check_finite, class_weight
+    )
+
+
+def _from_arrays(
+    data, argument, model, loss, batch_size, check_finite, class_weight
+) -> PhaseData:
     weights = None
     if isinstance(data, ClassSubset):
         x, y, classes = data.x, data.y, data.classes
@@ -306,6 +317,7 @@ def _from_dataset(
         steps_per_epoch=steps_per_epoch,
         class_names=class_names_of(data),
         class_weights=None if vector is None else tuple(vector.tolist()),
+        source=data,
     )
 
 

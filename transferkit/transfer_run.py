@@ -301,6 +301,7 @@ class TransferRun(Phases, RunTools):
         Also done when a `with TransferRun(...) as run:` block ends, and by
         the operating system when the process ends."""
         self._closed = True
+        self.drop_kept_cache()
         self._state.close()
 
     def __enter__(self) -> TransferRun:
