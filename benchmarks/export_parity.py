@@ -19,6 +19,10 @@ from the first 100.
     python benchmarks/export_parity.py
     python benchmarks/export_parity.py --data ../shared/data/mnist-10k.npz --models cnn
 
+For the MobileNetV2, it also exports the model behind the Keras guide's
+augmentation layers with Keras' own `model.export`, and compares its `serve`
+with `predict`, and converts that SavedModel to LiteRT.
+
 Prints the CPU line and a table per model.
 """
 
@@ -117,6 +121,55 @@ def measure(model_name: str, folder: Path, args) -> list[str]:
             f"| {accuracy['model']:.2%} | {accuracy['exported']:.2%} "
             f"| {size:,.0f} | {result.seconds:.1f} |"
         )
+    if model_name == "mobilenetv2":
+        lines += ["", *keras_own_export(model, folder, x, y)]
+    return lines
+
+
+def keras_own_export(model, folder: Path, x, y) -> list[str]:
+    """The model behind the guide's augmentation layers, exported by Keras'
+    own `model.export`, whose `serve` is the model as called (augmenting);
+    then converted to LiteRT from that SavedModel."""
+    import warnings
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    augmented = keras.Sequential(
+        [
+            keras.Input(model.input_shape[1:]),
+            keras.layers.RandomFlip("horizontal"),
+            keras.layers.RandomRotation(0.1),
+            model,
+        ]
+    )
+    expected = augmented.predict(x, verbose=0)
+    augmented.export(str(folder / "keras_own"), verbose=False)
+    served = tf.saved_model.load(str(folder / "keras_own"))
+    outputs = np.concatenate(
+        [served.serve(x[i : i + 256]).numpy() for i in range(0, len(x), 256)]
+    )
+    changed = np.mean(outputs.argmax(1) != expected.argmax(1))
+    lines = [
+        "Keras' own model.export of the model behind RandomFlip and "
+        f"RandomRotation(0.1): serve differs from predict by up to "
+        f"{np.abs(outputs - expected).max():.3g}, {changed:.1%} of the predicted "
+        f"classes change, accuracy {np.mean(outputs.argmax(1) == y):.2%} against "
+        f"{np.mean(expected.argmax(1) == y):.2%}"
+    ]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            converter = tf.lite.TFLiteConverter.from_saved_model(
+                str(folder / "keras_own")
+            )
+            converter.convert()
+        lines.append("its conversion to LiteRT: succeeded")
+    except Exception as error:  # noqa: BLE001 (the converter's own errors)
+        first = str(error).strip().splitlines()
+        reason = next((line for line in first if "op is neither" in line), first[-1])
+        lines.append(f"its conversion to LiteRT fails: {reason.strip()[:300]}")
     return lines
 
 

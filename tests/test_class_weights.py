@@ -2,6 +2,8 @@
 `fit(class_weight=...)` in transferkit's loop, in `fit`, on datasets and on
 the feature cache; "balanced" weights; refusals that name the bad value."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -18,6 +20,17 @@ WEIGHTS = {0: 4.0, 2: 0.25}  # Class 1 weighs 1.0, as in fit.
 
 def weights_of(model):
     return [keras.ops.convert_to_numpy(w) for w in model.weights]
+
+
+@functools.cache
+def keras_fit_weights(frozen=False, class_weight=None, sample_weight=None):
+    """The weights of `keras_fit`, computed once per setting."""
+    fit_kwargs = {}
+    if class_weight is not None:
+        fit_kwargs["class_weight"] = dict(class_weight)
+    if sample_weight is not None:
+        fit_kwargs["sample_weight"] = np.array(sample_weight, "float32")
+    return weights_of(keras_fit(frozen, **fit_kwargs))
 
 
 def keras_fit(frozen=False, **fit_kwargs):
@@ -59,15 +72,15 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_class_weight_trains_as_keras_fit_does(case):
     loop, data, options, code = CASES[case]
-    expected = keras_fit(class_weight=WEIGHTS)
-    unweighted = keras_fit()
+    expected = keras_fit_weights(class_weight=tuple(WEIGHTS.items()))
+    unweighted = keras_fit_weights()
 
     run = transfer_run(loop, **options)
     result = run.train(data(), epochs=2, class_weight=WEIGHTS)
 
     assert result.training_loop_code == code
     for ours, theirs, plain in zip(
-        weights_of(run.model), weights_of(expected), weights_of(unweighted), strict=True
+        weights_of(run.model), expected, unweighted, strict=True
     ):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
         assert not np.allclose(ours, plain, rtol=1e-5, atol=1e-6) or plain.size == 0
@@ -83,7 +96,7 @@ CACHED = {
 @pytest.mark.parametrize("case", CACHED)
 def test_class_weight_on_the_feature_cache_trains_the_head_as_fit_does(tmp_path, case):
     data, memory, code = CACHED[case]
-    expected = keras_fit(frozen=True, class_weight=WEIGHTS)
+    expected = keras_fit_weights(frozen=True, class_weight=tuple(WEIGHTS.items()))
     run = transfer_run(
         feature_cache_memory=memory, directory=tmp_path / "run", cache_datasets=True
     )
@@ -92,14 +105,14 @@ def test_class_weight_on_the_feature_cache_trains_the_head_as_fit_does(tmp_path,
 
     assert result.cached_layers > 0
     assert result.training_loop_code == code
-    for ours, theirs in zip(weights_of(run.model), weights_of(expected), strict=True):
+    for ours, theirs in zip(weights_of(run.model), expected, strict=True):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_sample_weights_in_the_data_train_as_fit_does():
     x, y = make_data()
     weights = np.linspace(0.1, 2.0, len(y)).astype("float32")
-    expected = keras_fit(sample_weight=weights)
+    expected = keras_fit_weights(sample_weight=tuple(weights.tolist()))
 
     arrays = transfer_run()
     arrays.train((x, y, weights), epochs=2)
@@ -109,9 +122,7 @@ def test_sample_weights_in_the_data_train_as_fit_does():
     )
 
     for run in (arrays, batches):
-        for ours, theirs in zip(
-            weights_of(run.model), weights_of(expected), strict=True
-        ):
+        for ours, theirs in zip(weights_of(run.model), expected, strict=True):
             np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
