@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -167,9 +168,17 @@ def keras_own_export(model, folder: Path, x, y) -> list[str]:
             converter.convert()
         lines.append("its conversion to LiteRT: succeeded")
     except Exception as error:  # noqa: BLE001 (the converter's own errors)
-        first = str(error).strip().splitlines()
-        reason = next((line for line in first if "op is neither" in line), first[-1])
-        lines.append(f"its conversion to LiteRT fails: {reason.strip()[:300]}")
+        text = str(error)
+        ops = sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op", text)))
+        ops += sorted(set(re.findall(r"\ttf\.(\w+)\(", text)) - set(ops))
+        lines.append(
+            "its conversion to LiteRT fails: "
+            + (
+                f"ops neither built in nor flex: {', '.join(ops)}"
+                if ops
+                else text[:200]
+            )
+        )
     return lines
 
 

@@ -172,3 +172,9 @@ def test_the_sweep_runs_on_datasets_and_on_a_cache_on_disk(tmp_path, where):
     after = snapshot(run.model.variables)
     assert all(bitwise_equal(after[k], before[k]) for k in before)
     assert run._kept_cache is None  # Only a cache in memory is kept.
+
+
+def test_the_sweep_draws_its_figure(tmp_path):
+    sweep = make_run().find_learning_rate(make_data(), steps=10, max_lr=1.0)
+    sweep.plot(tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

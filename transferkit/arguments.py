@@ -17,6 +17,7 @@ from transferkit.layer_group import GroupChain
 
 __all__ = [
     "check_model",
+    "is_non_negative_number",
     "require_choice",
     "require_count",
     "require_epochs",
@@ -98,3 +99,14 @@ def require_epochs(epochs: Any) -> int:
             f"Expected `epochs` to be a positive integer. Received: epochs={epochs!r}"
         )
     return int(epochs)
+
+
+def is_non_negative_number(value: Any) -> bool:
+    """Whether `value` is a finite number >= 0 (a bool is not a number here),
+    as learning-rate multipliers and class weights must be."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float | np.number)
+        and bool(np.isfinite(value))
+        and value >= 0
+    )

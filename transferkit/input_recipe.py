@@ -143,6 +143,8 @@ def recipe_of_dataset(dataset: tf.data.Dataset) -> InputRecipe | None:
     shape = getattr(images, "shape", None)
     if shape is None or shape.rank != 4 or shape[-1] not in COLOR_MODES:
         return None
+    if not reads_image_files(dataset):
+        return None  # Its graph may hold arrays: not serialized for nothing.
     functions = _functions(dataset)
     loader = next((f for f in functions if _ops(f).get("ReadFile")), None)
     if loader is None or not _ops(loader).get("DecodeImage"):
@@ -164,6 +166,22 @@ def recipe_of_dataset(dataset: tf.data.Dataset) -> InputRecipe | None:
             if f is not loader
         ),
     )
+
+
+def reads_image_files(dataset: tf.data.Dataset) -> bool:
+    """Whether `dataset` is, or is made from, a dataset of image files that
+    `image_dataset_from_directory` returned (which carries `file_paths`),
+    walking its inputs without running or serializing anything."""
+    pending, seen = [dataset], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(getattr(current, "file_paths", None), list):
+            return True
+        pending.extend(current._inputs())
+    return False
 
 
 def _functions(dataset: tf.data.Dataset) -> list:

@@ -246,11 +246,10 @@ class InMemoryLoop(_Loop):
             model._symbolic_build(
                 data_batch=tuple(t[:1] for t in (self.x, *self.per_sample))
             )
-        if self._distributed:
-            functions = self._distributed_train_steps, self._distributed_test_steps
-        else:
-            functions = self._train_steps, self._test_steps
-        self._train, self._test = self._functions(*functions)
+        self._train, self._test = self._functions(
+            self._step_calls(model.train_step, ordered=True),
+            self._step_calls(model.test_step, ordered=False),
+        )
 
     @property
     def has_validation(self) -> bool:
@@ -283,45 +282,35 @@ class InMemoryLoop(_Loop):
 
             yield first, run
 
-    # Each call runs `count` steps from step `first` on the `data` tensors
-    # (samples, labels, and weights where given); a train call takes the
-    # epoch's `order` of the rows first.
+    def _step_calls(self, step, *, ordered: bool):
+        """A call of `count` steps of Keras' `step` (`train_step` or
+        `test_step`) from step `first` on the per-sample `data` tensors
+        (samples, labels, and weights where given): each step's rows are the
+        next batch of the epoch's `order` (`ordered`, which the call then
+        takes first) or of the rows as they lie. Under a strategy each
+        replica gathers its share of the worker's rows, and a training call
+        ends by averaging the replicas' moving statistics."""
+        distributed = self._distributed
+        batch = self._worker_batch if distributed else self.batch_size
 
-    def _train_steps(self, first, count, order, *data):
-        size = tf.shape(order)[0]
-        for step in tf.range(first, first + count):
-            start = step * self.batch_size
-            rows = order[start : tf.minimum(size, start + self.batch_size)]
-            self.model.train_step(tuple(tf.gather(t, rows) for t in data))
+        def replica_step(rows, *data):
+            step(self._replica_batch_of(rows, data))
 
-    def _test_steps(self, first, count, *data):
-        size = tf.shape(data[0])[0]
-        for step in tf.range(first, first + count):
-            start = step * self.batch_size
-            end = tf.minimum(size, start + self.batch_size)
-            self.model.test_step(tuple(t[start:end] for t in data))
+        def steps(first, count, *tensors):
+            order, data = (tensors[0], tensors[1:]) if ordered else (None, tensors)
+            size = tf.shape(data[0] if order is None else order)[0]
+            for index in tf.range(first, first + count):
+                start = tf.minimum(size, index * batch)
+                end = tf.minimum(size, start + batch)
+                rows = tf.range(start, end) if order is None else order[start:end]
+                if distributed:
+                    self.distribution.strategy.run(replica_step, args=(rows, *data))
+                else:
+                    step(tuple(tf.gather(t, rows) for t in data))
+            if distributed and ordered:
+                self._after_call()
 
-    def _distributed_train_steps(self, first, count, order, *data):
-        strategy = self.distribution.strategy
-        for step in tf.range(first, first + count):
-            start = step * self._worker_batch
-            rows = order[start : start + self._worker_batch]
-            strategy.run(self._replica_train_step, args=(rows, *data))
-        self._after_call()
-
-    def _distributed_test_steps(self, first, count, *data):
-        strategy = self.distribution.strategy
-        size = tf.shape(data[0])[0]
-        for step in tf.range(first, first + count):
-            start = tf.minimum(size, step * self._worker_batch)
-            rows = tf.range(start, tf.minimum(size, start + self._worker_batch))
-            strategy.run(self._replica_test_step, args=(rows, *data))
-
-    def _replica_train_step(self, rows, *data):
-        self.model.train_step(self._replica_batch_of(rows, data))
-
-    def _replica_test_step(self, rows, *data):
-        self.model.test_step(self._replica_batch_of(rows, data))
+        return steps
 
     def _replica_batch_of(self, rows, data):
         """This replica's consecutive share of the worker's `rows`, gathered

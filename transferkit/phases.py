@@ -19,10 +19,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from transferkit.arguments import require_choice, require_count, require_epochs
+from transferkit.arguments import (
+    is_non_negative_number,
+    require_choice,
+    require_count,
+    require_epochs,
+)
 from transferkit.errors import NonFiniteError
 from transferkit.freeze_proof import changed_variables, count_params
 from transferkit.input_recipe import recipe_of_dataset
@@ -259,12 +263,7 @@ class Phases:
             )
         self._groups_named(list(multipliers), "lr_multipliers")
         for value in multipliers.values():
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float | np.number)
-                or not np.isfinite(value)
-                or value < 0
-            ):
+            if not is_non_negative_number(value):
                 raise ValueError(
                     "Expected learning-rate multipliers to be finite numbers >= 0. "
                     f"Received: lr_multipliers={dict(multipliers)!r}"

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from transferkit.arguments import is_non_negative_number
+
 __all__ = [
     "balanced_class_weight",
     "check_sample_weight",
@@ -71,12 +73,7 @@ def class_weight_vector(
     names = list(class_names or ())
     for key, weight in class_weight.items():
         index = _class_index(key, width, names)
-        if (
-            isinstance(weight, bool)
-            or not isinstance(weight, int | float | np.number)
-            or not np.isfinite(weight)
-            or weight < 0
-        ):
+        if not is_non_negative_number(weight):
             raise ValueError(
                 "Expected class weights to be finite numbers >= 0. Received: "
                 f"class_weight[{key!r}]={weight!r}"
