@@ -99,6 +99,7 @@ def top_losses(
         names = (
             list(data.classes) if isinstance(data, ClassSubset) else list(range(size))
         )
+    names = [n.item() if isinstance(n, np.generic) else n for n in names]  # JSON.
     rows = []
     for index in worst:
         row = {
