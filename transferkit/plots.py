@@ -123,7 +123,7 @@ def plot_top_losses(top: Mapping[str, Any], images):
     columns = min(4, len(rows))
     lines = -(-len(rows) // columns)
     figure, axes = plt.subplots(
-        lines, columns, figsize=(2.3 * columns, 2.5 * lines), squeeze=False
+        lines, columns, figsize=(2.3 * columns, 2.9 * lines), squeeze=False
     )
     for axis in axes.flat:
         axis.axis("off")
