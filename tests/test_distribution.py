@@ -282,7 +282,7 @@ def test_a_backbone_fine_tunes_at_its_cut_on_two_replicas(strategy):
 def test_several_workers_leave_a_cache_too_large_for_memory_unbuilt():
     # Their loop trains from memory alone, so the phase runs uncached.
     from transferkit.cache_plan import plan_cache
-    from transferkit.training import TrainingOptions, _build_cache, _shard
+    from transferkit.training import TrainingOptions, _shard, build_phase_cache
 
     distribution = Distribution(None)
     distribution.workers = 2
@@ -299,7 +299,7 @@ def test_several_workers_leave_a_cache_too_large_for_memory_unbuilt():
     prepared = run._prepare(make_data(), "data")
     model.groups["features"].trainable = False
 
-    cache, plan = _build_cache(
+    cache, plan = build_phase_cache(
         model, plan_cache(model, ["features"]), _shard(prepared, options), None, options
     )
 

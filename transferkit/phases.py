@@ -49,7 +49,7 @@ from transferkit.training_data import (
     prepare_data,
 )
 
-__all__ = ["BATCH_NORM", "Phases"]
+__all__ = ["BATCH_NORM", "Phases", "batch_norm_policy"]
 
 BATCH_NORM = ("inference", "train")
 """What a phase's `backbone_batch_norm` accepts."""
@@ -123,7 +123,7 @@ class Phases:
             record = self._state.start_phase(record, spec, frozen)
             self._earlier_seconds += record.seconds
             elapsed = _stopwatch(started, earlier=record.seconds)
-            with _backbone_batch_norm(self._model, backbone_batch_norm) as batch_norm:
+            with batch_norm_policy(self._model, backbone_batch_norm) as batch_norm:
                 training = self._attempt(
                     record,
                     train,
@@ -444,7 +444,7 @@ class Phases:
 
 
 @contextlib.contextmanager
-def _backbone_batch_norm(model: keras.Model, mode: str) -> Iterator[str]:
+def batch_norm_policy(model: keras.Model, mode: str) -> Iterator[str]:
     """For the block: with `mode="inference"`, the trainable BatchNormalization
     layers of groups split from a backbone are frozen, so they run in
     inference mode; yields what was done, for the result."""

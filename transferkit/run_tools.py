@@ -21,9 +21,14 @@ from transferkit.inference import Predictions, predict
 from transferkit.kept_cache import KeptCache
 from transferkit.loop import DEFAULT_STEPS_PER_CALL, InMemoryLoop
 from transferkit.optimizers import OptimizerSpec
-from transferkit.phases import _backbone_batch_norm
+from transferkit.phases import batch_norm_policy
 from transferkit.predictions import FilePredictions, predict_files
-from transferkit.training import _build_cache, _cached_labels, _plan_cache, _trainer
+from transferkit.training import (
+    build_phase_cache,
+    cached_labels,
+    plan_for_phase,
+    trainer_model,
+)
 from transferkit.training_data import Data
 
 __all__ = ["RunTools"]
@@ -100,7 +105,7 @@ class RunTools:
             trained = tuple(
                 n for n in self._model.groups if n not in self.frozen_groups
             )
-            with _backbone_batch_norm(self._model, "inference"):
+            with batch_norm_policy(self._model, "inference"):
                 optimizer = self._make_optimizer(optimizer, multipliers)
                 found, cache = self._sweep(
                     train, validation, frozen, optimizer, settings, keep_cache
@@ -121,8 +126,8 @@ class RunTools:
         self.drop_kept_cache()
         options = dataclasses.replace(self._training_options, lean_step=False)
         names = [group.name for group in frozen]
-        plan = _plan_cache(self._model, options, train, validation, names)
-        cache, plan = _build_cache(self._model, plan, train, validation, options)
+        plan = plan_for_phase(self._model, options, train, validation, names)
+        cache, plan = build_phase_cache(self._model, plan, train, validation, options)
         try:
             compile_args = {**self._compile_args(optimizer), "metrics": None}
             trainer, batches = self._sweep_batches(
@@ -160,8 +165,8 @@ class RunTools:
             if train.is_dataset:
                 return trainer, lr_finder.dataset_batches(train.x)
             return trainer, lr_finder.InMemoryBatches(train.arrays, batch_size, seed)
-        trainer = _trainer(self._model, plan.rest, cache, options, compile_args)
-        labels, weights, batch_size = _cached_labels(cache, "train", train)
+        trainer = trainer_model(self._model, plan.rest, cache, options, compile_args)
+        labels, weights, batch_size = cached_labels(cache, "train", train)
         arrays = [cache.features["train"], labels]
         arrays += [] if weights is None else [weights]
         if cache.on_disk:

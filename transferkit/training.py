@@ -38,7 +38,16 @@ from transferkit.phase_callbacks import (
 )
 from transferkit.training_data import PhaseData
 
-__all__ = ["LOOP_CODES", "Training", "TrainingOptions", "train_phase"]
+__all__ = [
+    "LOOP_CODES",
+    "Training",
+    "TrainingOptions",
+    "build_phase_cache",
+    "cached_labels",
+    "plan_for_phase",
+    "train_phase",
+    "trainer_model",
+]
 
 LOOP_CODES = {
     "own": "transferkit's loop, on data in memory",
@@ -165,7 +174,7 @@ def train_phase(
         ValueError: from the epoch guard, at an epoch without batches.
     """
     fused = options.lean_step and has_fused_kernel(compile_args["optimizer"])
-    plan = _plan_cache(model, options, train, validation, frozen)
+    plan = plan_for_phase(model, options, train, validation, frozen)
     if initial_epoch >= epochs:  # Resumed after its last epoch was saved.
         if kept is not None:
             kept.close()
@@ -177,7 +186,7 @@ def train_phase(
     try:
         on_cache(cache.seconds if cache else 0.0)
         layers = plan.rest if cache else model.layers
-        trainer = _trainer(model, layers, cache, options, compile_args)
+        trainer = trainer_model(model, layers, cache, options, compile_args)
         recorder = EpochRecorder(on_epoch_end)
         loop, *why = _loop(trainer, train, validation, cache, callbacks, options, given)
         steps = _epoch_steps(loop, train, validation)
@@ -206,11 +215,11 @@ def train_phase(
 
 def _phase_cache(model, plan, kept, train, validation, options, verbose):
     """`(cache or None, plan)`: a sweep's kept cache where it holds the
-    phase's features, else one built for the phase (`_build_cache`)."""
+    phase's features, else one built for the phase (`build_phase_cache`)."""
     cache = None if kept is None else kept.take(plan, train, validation)
     if cache is not None:
         return cache, plan
-    return _build_cache(model, plan, train, validation, options, verbose)
+    return build_phase_cache(model, plan, train, validation, options, verbose)
 
 
 def _summary(
@@ -267,10 +276,10 @@ def _in_memory_loop(trainer, train, validation, cache, callbacks, options):
         held = None if validation is None else validation.arrays
     else:
         x = cache.features["train"]
-        y, weights, batch_size = _cached_labels(cache, "train", train)
+        y, weights, batch_size = cached_labels(cache, "train", train)
         held = None
         if validation is not None:
-            labels, held_weights, _ = _cached_labels(cache, "validation", validation)
+            labels, held_weights, _ = cached_labels(cache, "validation", validation)
             held = (cache.features["validation"], labels)
             held += () if held_weights is None else (held_weights,)
     loop = InMemoryLoop(
@@ -366,7 +375,9 @@ def _watches_batches(callback) -> bool:
     )
 
 
-def _plan_cache(model, options, train, validation, frozen) -> CachePlan:
+def plan_for_phase(model, options, train, validation, frozen) -> CachePlan:
+    """The cache plan of a phase with the groups `frozen` on its data, under
+    the run's options (`transferkit.cache_plan.plan_phase_cache`)."""
     data = {"data": train.x}
     if validation is not None:
         data["validation_data"] = validation.x
@@ -400,7 +411,7 @@ def _announce(verbose, phase, model, frozen, epochs, initial_epoch, plan) -> Non
     )
 
 
-def _build_cache(
+def build_phase_cache(
     model, plan, train, validation, options, verbose=0
 ) -> tuple[FeatureCache | None, CachePlan]:
     """The features of the cached layers for the phase's arrays (or `None`),
@@ -438,7 +449,7 @@ def _build_cache(
     return cache, plan
 
 
-def _trainer(model, layers, cache, options, compile_args) -> keras.Model:
+def trainer_model(model, layers, cache, options, compile_args) -> keras.Model:
     """What `fit` trains: the model itself, unless the cache or the lean step
     asks for a model of `layers`, sharing their weights, that takes the
     cache's features (or the model's input), compiled with `compile_args`."""
@@ -454,7 +465,7 @@ def _trainer(model, layers, cache, options, compile_args) -> keras.Model:
             else keras.Input(model.input_shape[1:]),
             *layers,
         ],
-        name=f"{model.name}_trainer",
+        name=f"{model.name}trainer_model",
     )
     if options.precision != "float32":
         trainer.dtype_policy = options.precision  # Keras scales float16 losses by it.
@@ -491,13 +502,13 @@ def _fit_data(train, validation, cache, verbose) -> dict[str, Any]:
 
 def _cached(cache, name, data, *, shuffle):
     """Batches of the cache's features for `data`, for `fit`."""
-    labels, weights, batch_size = _cached_labels(cache, name, data)
+    labels, weights, batch_size = cached_labels(cache, name, data)
     return cache.dataset(
         name, labels, batch_size, shuffle=shuffle, sample_weight=weights
     )
 
 
-def _cached_labels(cache, name, data):
+def cached_labels(cache, name, data):
     """`(labels, sample_weight, batch_size)` of the cached `data`: its own,
     or, for a dataset, those the cache read from it (`None`: no weights)."""
     if data.is_dataset:
