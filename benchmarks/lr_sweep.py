@@ -132,7 +132,7 @@ def sweep_then_phase(x, y, args, sweep: bool) -> dict:
         found = run.find_learning_rate((x, y), freeze="backbone", steps=args.steps)
         record.update(
             sweep=found.seconds,
-            cache=run._kept_cache.cache.seconds,
+            cache=found.cache_seconds,
             steps=len(found.losses),
             suggested=found.suggested,
         )

@@ -42,6 +42,7 @@ def test_a_sweep_leaves_the_model_optimizer_and_random_state_bitwise_unchanged()
     sweep = run.find_learning_rate(data, freeze="features", steps=30)
 
     assert sweep.trained == ("classifier",)
+    assert 0 < sweep.cache_seconds < sweep.seconds
     assert re.fullmatch(
         r"the feature cache \(layers conv2d(_\d+)?..flatten(_\d+)?\): covers the "
         r"frozen groups; kept for the next phase",

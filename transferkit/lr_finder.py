@@ -64,9 +64,13 @@ class LearningRateSweep:
     cache: str
     """Whether the sweep trained on the feature cache, and why (not)."""
     seconds: float
+    cache_seconds: float = 0.0
+    """Of `seconds`, those spent computing the feature cache."""
 
     @classmethod
-    def of(cls, found, trained, cache: str, seconds: float) -> LearningRateSweep:
+    def of(
+        cls, found, trained, cache: str, seconds: float, cache_seconds: float = 0.0
+    ) -> LearningRateSweep:
         """The sweep of `found`, `(rates, losses, smoothed, stopped)`."""
         rates, losses, smoothed, stopped = found
         steepest, lowest = suggest_rate(rates, smoothed)
@@ -81,6 +85,7 @@ class LearningRateSweep:
             trained=tuple(trained),
             cache=cache,
             seconds=seconds,
+            cache_seconds=cache_seconds,
         )
 
     def plot(self, path: str | Path | None = None):

@@ -107,14 +107,17 @@ class RunTools:
             )
             with batch_norm_policy(self._model, "inference"):
                 optimizer = self._make_optimizer(optimizer, multipliers)
-                found, cache = self._sweep(
+                found, cache, cache_seconds = self._sweep(
                     train, validation, frozen, optimizer, settings, keep_cache
                 )
         seconds = time.perf_counter() - started
-        return lr_finder.LearningRateSweep.of(found, trained, cache, seconds)
+        return lr_finder.LearningRateSweep.of(
+            found, trained, cache, seconds, cache_seconds
+        )
 
     def _sweep(self, train, validation, frozen, optimizer, settings, keep):
-        """`((rates, losses, smoothed, stopped), what the cache did)`."""
+        """`((rates, losses, smoothed, stopped), what the cache did, the
+        seconds it took)`."""
         min_lr, max_lr, steps, smoothing, divergence, seed = settings
         if isinstance(
             optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule
@@ -147,13 +150,13 @@ class RunTools:
                 cache.close()
             raise
         if cache is None:
-            return found, f"no feature cache: {plan.reason}"
+            return found, f"no feature cache: {plan.reason}", 0.0
         where = f"the feature cache (layers {plan.span}): {plan.reason}"
         if keep and not cache.on_disk:
             self._kept_cache = KeptCache.of(cache, plan, train, validation)
-            return found, f"{where}; kept for the next phase"
+            return found, f"{where}; kept for the next phase", cache.seconds
         cache.close()
-        return found, where
+        return found, where, cache.seconds
 
     def _sweep_batches(self, train, cache, plan, options, compile_args, seed):
         """The model the sweep trains, and its batches: of the cached
