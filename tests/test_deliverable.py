@@ -321,6 +321,11 @@ def test_exports_refuse_bad_arguments_and_leave_nothing_half_written(trained, tm
         match=r"quantization is for format='litert'. Received: format='tf_saved_model', quantize='int8'",
     ):
         export(run.model, tmp_path / "m", quantize="int8")
+    with pytest.raises(
+        ValueError,
+        match=r"quantize='int8' calibrates the activations on representative data: pass samples=",
+    ):
+        export(run.model, tmp_path / "m.tflite", format="litert", quantize="int8")
     kept = tmp_path / "kept.tflite"
     kept.write_bytes(b"the user's file")
     with pytest.raises(

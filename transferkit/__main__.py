@@ -118,6 +118,11 @@ def _export(args) -> int:
     from transferkit.exporting import export
     from transferkit.predictions import image_files, load_trained_model
 
+    if args.quantize == "int8" and not args.data:
+        raise ValueError(
+            "--quantize int8 calibrates on representative images: pass --data "
+            "FOLDER, images of the run's data (e.g. its test folder)."
+        )
     model = load_trained_model(args.model)
     labelled = bool(args.data) and None not in image_files(args.data)[1]
     export(

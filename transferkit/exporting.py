@@ -160,13 +160,14 @@ def export(
 
     Raises:
         ValueError: for an unknown format or quantization, a quantization
-            of another format than LiteRT, or an existing `path`.
+            of another format than LiteRT, int8 without `samples`, or an
+            existing `path`.
         ImportError: for `"onnx"` without `tf2onnx`, naming the extra.
         ExportParityError: when a float32 artifact differs by more than
             `tolerance`; nothing is left at `path`.
     """
     started = time.perf_counter()
-    target = _check_arguments(path, format, quantize, overwrite)
+    target = _check_arguments(path, format, quantize, overwrite, samples)
     x, origin = _parity_samples(model, samples)
     partial = target.with_name(f".{target.stem}.partial{target.suffix}")
     _remove(partial)
@@ -214,7 +215,7 @@ def _land(model, result: ExportResult, partial: Path, target: Path) -> None:
     os.replace(partial, target)
 
 
-def _check_arguments(path, format, quantize, overwrite) -> Path:
+def _check_arguments(path, format, quantize, overwrite, samples) -> Path:
     if format not in FORMATS:
         raise ValueError(
             f"Expected `format` to be one of {list(FORMATS)}. Received: {format!r}"
@@ -228,6 +229,12 @@ def _check_arguments(path, format, quantize, overwrite) -> Path:
         raise ValueError(
             f"Post-training quantization is for format='litert'. Received: "
             f"format={format!r}, quantize={quantize!r}"
+        )
+    if quantize == "int8" and samples is None:
+        raise ValueError(
+            "quantize='int8' calibrates the activations on representative data: "
+            "pass samples= from the run's data (e.g. its test folder or arrays); "
+            "random images would calibrate it for noise."
         )
     if format == "onnx":
         try:
