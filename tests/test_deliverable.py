@@ -363,6 +363,11 @@ def test_the_export_command_checks_parity_on_the_given_folder(
     assert (
         json.loads((tmp_path / "model.tflite.json").read_text())["format"] == "litert"
     )
+    quantized = ["export", str(root / "run"), str(tmp_path / "q.tflite")]
+    assert main([*quantized, "--quantize", "int8"]) == 2
+    assert "--quantize int8 calibrates on representative images: pass --data" in (
+        capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(
