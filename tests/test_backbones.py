@@ -320,6 +320,40 @@ def test_backbone_batch_norm_runs_in_inference_mode_unless_asked_to_train(mode):
     )
 
 
+class Block(layers.Layer):
+    """A block layer holding its own BatchNormalization, as keras-hub's
+    blocks (`MBConvBlock`) do."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = layers.Conv2D(4, 3, padding="same")
+        self.norm = layers.BatchNormalization()
+
+    def call(self, x, training=None):
+        return self.norm(self.conv(x), training=training)
+
+
+def test_a_batch_norm_inside_a_block_layer_runs_in_inference_mode_too():
+    inputs = keras.Input((32, 32, 3))
+    hidden = layers.Conv2D(4, 3, name="hidden")(inputs)
+    block = Block(name="block")
+    backbone = keras.Model(inputs, block(hidden))
+    bottom, top = LayerGroup.split(backbone, at="hidden", names=["bottom", "top"])
+    model = bottom + top + head()
+    before, kernel = weights_of(block.norm), weights_of(block.conv)[0]
+    run = TransferRun(model, optimizer="adam", loss=SPARSE, batch_size=8, verbose=0)
+
+    result = run.fine_tune(images(), freeze="bottom", epochs=1)
+
+    assert result.batch_norm == "1 layers of backbone groups in inference mode"
+    moving = [v for v in block.norm.weights if "moving" in v.path]
+    assert moving and all(
+        bitwise_equal(a, b) for a, b in zip(before, weights_of(block.norm), strict=True)
+    )
+    assert block.norm.trainable  # The flag comes back.
+    assert not bitwise_equal(kernel, weights_of(block.conv)[0])  # The block trained.
+
+
 def test_a_model_saved_after_a_phase_loads_without_warnings(tmp_path):
     inputs = keras.Input((6, 6, 3))
     hidden = layers.Conv2D(4, 3, name="hidden")(inputs)

@@ -446,14 +446,16 @@ class Phases:
 @contextlib.contextmanager
 def batch_norm_policy(model: keras.Model, mode: str) -> Iterator[str]:
     """For the block: with `mode="inference"`, the trainable BatchNormalization
-    layers of groups split from a backbone are frozen, so they run in
-    inference mode; yields what was done, for the result."""
+    layers of groups split from a backbone, those nested inside their layers
+    too (a block layer holding its own), are frozen, so they run in inference
+    mode; yields what was done, for the result."""
     layers = [
-        layer
+        sublayer
         for group in model.groups.values()
         if group.source is not None
         for layer in group
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+        for sublayer in layer._flatten_layers(include_self=True)
+        if isinstance(sublayer, keras.layers.BatchNormalization) and sublayer.trainable
     ]
     if not layers:
         yield ""
