@@ -465,7 +465,7 @@ def trainer_model(model, layers, cache, options, compile_args) -> keras.Model:
             else keras.Input(model.input_shape[1:]),
             *layers,
         ],
-        name=f"{model.name}trainer_model",
+        name=f"{model.name}_trainer",
     )
     if options.precision != "float32":
         trainer.dtype_policy = options.precision  # Keras scales float16 losses by it.
