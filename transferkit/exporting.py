@@ -49,7 +49,7 @@ import tensorflow as tf
 
 from transferkit._io import atomic_write
 from transferkit.inference import predict
-from transferkit.predictions import image_files, model_recipe
+from transferkit.predictions import are_paths, image_files, model_recipe
 
 __all__ = [
     "FORMATS",
@@ -350,9 +350,7 @@ def _arrays(model, data) -> tuple[np.ndarray, np.ndarray | None]:
     """`(x, class ids or None)` of data in any form `export` takes."""
     from transferkit.class_subset import ClassSubset
 
-    if isinstance(data, str | os.PathLike) or (
-        isinstance(data, list) and data and isinstance(data[0], str | os.PathLike)
-    ):
+    if are_paths(data):
         recipe = model_recipe(model)
         files, folders = image_files(data)
         x = np.concatenate([b.numpy() for b in recipe.dataset(files, 64)])

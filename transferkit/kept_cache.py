@@ -79,11 +79,10 @@ def _data(data: PhaseData | None):
         return None
     if data.is_dataset:
         return ("dataset", data.source)  # The object itself: compared by identity.
-    weights = data.sample_weight
     return (
         data.samples_sha256,
         data.labels_sha256,
-        None if weights is None else hashlib.sha256(weights.tobytes()).hexdigest(),
+        data.sample_weight_sha256,
         data.batch_size,
     )
 

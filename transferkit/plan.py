@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-import numpy as np
 
 from transferkit.layer_group import LayerGroup
 from transferkit.optimizers import optimizer_fingerprint
@@ -152,6 +151,5 @@ def _data_fingerprint(data: PhaseData) -> dict[str, Any]:
     if data.class_weights is not None:
         fingerprint["class_weights"] = list(data.class_weights)
     if data.sample_weight is not None:
-        digest = hashlib.sha256(np.ascontiguousarray(data.sample_weight).tobytes())
-        fingerprint["sample_weight_sha256"] = digest.hexdigest()
+        fingerprint["sample_weight_sha256"] = data.sample_weight_sha256
     return fingerprint

@@ -34,6 +34,7 @@ from transferkit.input_recipe import InputRecipe
 __all__ = [
     "IMAGE_EXTENSIONS",
     "FilePredictions",
+    "are_paths",
     "image_files",
     "load_trained_model",
     "model_recipe",
@@ -270,6 +271,19 @@ def image_files(
             f"No images ({', '.join(IMAGE_EXTENSIONS)}) in {[str(p) for p in paths]}"
         )
     return files, folders
+
+
+def are_paths(data: Any) -> bool:
+    """Whether `data` names files or folders: a path, or a non-empty list of
+    paths (a tuple is `(x, y)` data)."""
+    if isinstance(data, str | os.PathLike):
+        return True
+    return (
+        isinstance(data, Sequence)
+        and not isinstance(data, tuple)
+        and bool(data)
+        and all(isinstance(item, str | os.PathLike) for item in data)
+    )
 
 
 def _is_image(path: Path) -> bool:

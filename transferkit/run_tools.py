@@ -8,13 +8,11 @@ run (a learning-rate sweep restores every variable and random state)."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from transferkit import lr_finder
 from transferkit.inference import Predictions, predict
@@ -22,7 +20,7 @@ from transferkit.kept_cache import KeptCache
 from transferkit.loop import DEFAULT_STEPS_PER_CALL, InMemoryLoop
 from transferkit.optimizers import OptimizerSpec
 from transferkit.phases import batch_norm_policy
-from transferkit.predictions import FilePredictions, predict_files
+from transferkit.predictions import FilePredictions, are_paths, predict_files
 from transferkit.training import (
     build_phase_cache,
     cached_labels,
@@ -205,7 +203,7 @@ class RunTools:
             else `Predictions` (`outputs`, `predicted`, `labels`).
         """
         batch_size = batch_size or self._batch_size
-        if _are_paths(data):
+        if are_paths(data):
             return predict_files(
                 self._model, data, batch_size=batch_size, **file_options
             )
@@ -259,14 +257,3 @@ class RunTools:
                 distribution=distribution,
             )
             return loop.evaluate()
-
-
-def _are_paths(data: Any) -> bool:
-    if isinstance(data, str | os.PathLike):
-        return True
-    return (
-        isinstance(data, Sequence)
-        and not isinstance(data, tuple | tf.Tensor)
-        and bool(data)
-        and all(isinstance(item, str | os.PathLike) for item in data)
-    )

@@ -15,7 +15,6 @@ top_losses=...)`) and draws them (`write_report(..., images=...)`).
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import tensorflow as tf
 from transferkit.class_subset import ClassSubset
 from transferkit.inference import predict
 from transferkit.input_recipe import recipe_of_dataset
-from transferkit.predictions import model_recipe, predict_files
+from transferkit.predictions import are_paths, model_recipe, predict_files
 
 __all__ = ["TopLosses", "top_losses"]
 
@@ -127,9 +126,7 @@ def _by_file(model, data, batch_size):
     """`FilePredictions` for image files, or for a dataset of them read again
     in file order with its recipe (so that each sample has its name); else
     `None`."""
-    if isinstance(data, str | os.PathLike) or (
-        isinstance(data, list) and data and isinstance(data[0], str | os.PathLike)
-    ):
+    if are_paths(data):
         return predict_files(model, data, batch_size=batch_size)
     paths = getattr(data, "file_paths", None)
     if not isinstance(data, tf.data.Dataset) or not isinstance(paths, list):

@@ -107,6 +107,14 @@ class PhaseData:
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         return digest.hexdigest()
 
+    @functools.cached_property
+    def sample_weight_sha256(self) -> str | None:
+        """SHA-256 of the sample weights' bytes; `None` without weights."""
+        if self.sample_weight is None:
+            return None
+        array = np.ascontiguousarray(self.sample_weight)
+        return hashlib.sha256(memoryview(array).cast("B")).hexdigest()
+
     @property
     def is_dataset(self) -> bool:
         return isinstance(self.x, tf.data.Dataset)
