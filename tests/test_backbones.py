@@ -92,7 +92,7 @@ def test_inception_v3_splits_at_mixed8_into_the_recipes_249_layers():
             "block_12_addd",
             ["a", "b"],
             ValueError,
-            r"no layer named 'block_12_addd'\. Layers with similar names: \['block_12_add'",
+            r"no layer at the path 'block_12_addd' .*Paths like it: \['block_12_add'",
         ),
         (
             ["block_12_add", "block_2_add"],
@@ -107,7 +107,12 @@ def test_inception_v3_splits_at_mixed8_into_the_recipes_249_layers():
             r"Expected 2 group names for 1 cut point\. Received: names=\['a'\]",
         ),
         (500, ["a", "b"], ValueError, r"between 1 and 153 .* Received: at=500"),
-        (1.5, ["a", "b"], TypeError, r"a layer name or an integer\. Received: 1\.5"),
+        (
+            1.5,
+            ["a", "b"],
+            TypeError,
+            r"a layer path \(names joined by '/'\) or an integer\. Received: 1\.5",
+        ),
     ],
 )
 def test_bad_cut_points_name_the_value(at, names, error, message):

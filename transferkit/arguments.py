@@ -7,13 +7,14 @@ back as Python integers (a plan is JSON).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
 from transferkit.layer_group import GroupChain
+from transferkit.model_groups import groups_of
 
 __all__ = [
     "check_model",
@@ -66,11 +67,12 @@ def check_model(model: Any) -> None:
             f"{model.missing()} are missing. Add the rest of the groups split "
             "from it, in their order."
         )
-    groups = getattr(model, "groups", None)
-    if not isinstance(model, keras.Model) or not isinstance(groups, Mapping):
+    groups = groups_of(model)
+    if not isinstance(model, keras.Model) or groups is None:
         raise TypeError(
             "Expected a Keras model composed from `LayerGroup`s, e.g. "
-            "`features + classifier`. Received: model of type "
+            "`features + classifier`, or any Keras model with "
+            "`groups=LayerGroup.split(model, ...)`. Received: model of type "
             f"{type(model).__name__}"
         )
     if not groups:

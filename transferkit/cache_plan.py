@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from transferkit import model_tree
 from transferkit.layer_behaviour import (
     dataset_random_operations,
     first_varying_layer,
@@ -33,8 +34,17 @@ from transferkit.layer_behaviour import (
     training_behaviour,
     trains_nothing,
 )
+from transferkit.model_groups import groups_of
 
-__all__ = ["CODES", "CachePlan", "plan_cache", "plan_phase_cache"]
+__all__ = ["CODES", "CachePlan", "has_own_fit", "plan_cache", "plan_phase_cache"]
+
+
+def has_own_fit(model: keras.Model) -> bool:
+    """Whether `model`'s class overrides Keras' `fit`, as a keras-hub task
+    does to preprocess the data: training it by its `train_step` alone, or
+    on cached features, would skip what that `fit` does."""
+    return type(model).fit is not keras.Model.fit
+
 
 CODES = {
     "covers_frozen": "cached: every leading frozen group (and groups with "
@@ -49,6 +59,10 @@ CODES = {
     "off": "feature_cache=False",
     "nothing_frozen": "no group is frozen",
     "not_sequential": "the model is not a Sequential",
+    "inside_layer": "the cache stops before a layer whose blocks run inside "
+    "its call (cut points inside it cannot end the cache)",
+    "own_fit": "the model's own fit does more than train_step (a keras-hub "
+    "task's preprocessing)",
     "frozen_not_first": "a group that trains comes before the frozen groups",
     "dataset_not_declared": "a tf.data.Dataset, and cache_datasets=False",
     "dataset_endless": "an endless tf.data.Dataset",
@@ -181,6 +195,13 @@ def plan_cache(model: keras.Model, frozen: Sequence[str], views: int = 1) -> Cac
     """
     if not frozen:
         return CachePlan(0, "no group is frozen", "nothing_frozen")
+    if has_own_fit(model):
+        return CachePlan(
+            0,
+            f"the model's own fit ({type(model).__name__}.fit) does more than "
+            "train_step, so its layers see what that fit makes of the data",
+            "own_fit",
+        )
     if not isinstance(model, keras.Sequential):
         return CachePlan(
             0,
@@ -188,14 +209,14 @@ def plan_cache(model: keras.Model, frozen: Sequence[str], views: int = 1) -> Cac
             "not_sequential",
         )
     prefix, first_frozen = [], None
-    for name, group in model.groups.items():
+    for name, group in groups_of(model).items():
         if name in frozen:
             first_frozen = len(prefix) if first_frozen is None else first_frozen
         elif not trains_nothing(group):
             break
         prefix.extend(group)
     if first_frozen is None:
-        trains = next(n for n in model.groups if n not in frozen)
+        trains = next(n for n in groups_of(model) if n not in frozen)
         return CachePlan(
             0,
             f"the frozen groups {list(frozen)} do not start the model (group "
@@ -261,9 +282,22 @@ def _cut(
     model: keras.Model, prefix: list, end: int, reason: str, code: str
 ) -> CachePlan:
     """The plan that caches `prefix[:end]`, or less where a backbone's graph
-    is crossed by more than one tensor after `prefix[end - 1]`."""
-    last = prefix[end - 1]
+    is crossed by more than one tensor after `prefix[end - 1]`, or where that
+    layer is held inside a layer of the backbone (a block of a ViT's
+    encoder), whose call no cut can enter."""
     outer = list(model.layers)
+    inside = _inside_layer(outer, prefix, end)
+    if inside is not None:
+        end, container = inside
+        note = (
+            f"stops before '{container}', whose layers run inside its call, "
+            "where no cut can enter"
+        )
+        if end == 0:
+            return CachePlan(0, note, "inside_layer")
+        plan = _cut(model, prefix, end, f"{reason}; {note}", code)
+        return dataclasses.replace(plan, code="inside_layer") if plan.layers else plan
+    last = prefix[end - 1]
     index, backbone = next(
         (i, layer)
         for i, layer in enumerate(outer)
@@ -320,6 +354,36 @@ def _cut(
         tuple(outer[index:]),
         _span(prefix[:before]),
     )
+
+
+def _inside_layer(outer, prefix, end):
+    """`(end, name)`: where the cached prefix must end instead of `end`, and
+    the layer it stops before, when `prefix[end - 1]` is held inside a layer
+    rather than by the model or a backbone in it; else `None`."""
+
+    def placed(layer):
+        return any(
+            layer is x
+            or (isinstance(x, keras.Model) and any(layer is y for y in x.layers))
+            for x in outer
+        )
+
+    if placed(prefix[end - 1]):
+        return None
+    moved = end
+    while moved and not placed(prefix[moved - 1]):
+        moved -= 1
+    container = next(
+        (
+            inner.name
+            for backbone in outer
+            if isinstance(backbone, keras.Model)
+            for inner in backbone.layers
+            if any(x is prefix[moved] for _, x in model_tree.walk(inner))
+        ),
+        prefix[moved].name,
+    )
+    return moved, container
 
 
 def _crossing(backbone: keras.Model, cut: int) -> list[str]:

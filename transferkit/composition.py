@@ -11,7 +11,38 @@ from typing import Any
 
 import keras
 
-__all__ = ["check_class_names", "model_layers", "split_runs"]
+__all__ = [
+    "check_class_names",
+    "check_single_tensor",
+    "leaves_of",
+    "model_layers",
+    "split_runs",
+]
+
+
+def leaves_of(group) -> list[keras.Layer]:
+    """All the layers that the split which made `group` cut its model into
+    (`transferkit.splitting`): the model's own layers, unless a cut point
+    opened some of them."""
+    leaves = getattr(group, "_leaves", None)
+    return list(leaves) if leaves is not None else list(group.source.layers)
+
+
+def check_single_tensor(source: keras.Model) -> None:
+    """Raises, in the library's words, if `source` cannot be one layer of a
+    `Sequential`: it takes several inputs or gives several outputs."""
+    inputs = getattr(source, "_inputs", None) or []  # A functional model's.
+    outputs = getattr(source, "_outputs", None) or []
+    output = getattr(source, "_outputs_struct", None)
+    if len(inputs) > 1 or len(outputs) > 1 or isinstance(output, dict):
+        raise ValueError(
+            f"Model '{source.name}' takes {len(inputs)} inputs "
+            f"({[t.name for t in inputs]}) and gives {len(outputs)} outputs, "
+            "but groups compose into a Sequential, one tensor from layer to "
+            "layer. Train the model in place instead: "
+            f"TransferRun(model, groups=LayerGroup.split(model, at=..., "
+            "names=...), ...), with a head of your own in the model."
+        )
 
 
 def check_class_names(names: Any, model: keras.Model) -> tuple[str, ...]:
@@ -42,6 +73,7 @@ class _Run:
 
     source: keras.Model
     held: int  # Layers of `source` the groups hold.
+    total: int  # Layers the split cut `source` into.
     complete: bool  # They hold all of its layers, in order.
     extendable: bool  # Groups added beside them could complete them.
 
@@ -58,7 +90,7 @@ def split_runs(groups: Sequence) -> list[_Run]:
         while position < len(groups) and groups[position].source is source:
             held.extend(groups[position].layers)
             position += 1
-        inner = list(source.layers)
+        inner = leaves_of(groups[begin])
         start = next((i for i, x in enumerate(inner) if x is held[0]), -1)
         stretch = inner[start : start + len(held)]
         in_order = len(stretch) == len(held) and all(
@@ -70,7 +102,7 @@ def split_runs(groups: Sequence) -> list[_Run]:
             and (start + len(held) == len(inner) or position == len(groups))
         )
         complete = in_order and len(held) == len(inner)
-        runs.append(_Run(source, len(held), complete, extendable))
+        runs.append(_Run(source, len(held), len(inner), complete, extendable))
     return runs
 
 
@@ -95,16 +127,18 @@ def model_layers(groups: Sequence) -> list[keras.Layer]:
             run.append(groups[position])
             position += 1
         held = [layer for group in run for layer in group.layers]
-        if len(held) != len(source.layers) or any(
-            a is not b for a, b in zip(held, source.layers, strict=True)
+        inner = leaves_of(run[0])
+        if len(held) != len(inner) or any(
+            a is not b for a, b in zip(held, inner, strict=True)
         ):
             raise ValueError(
                 f"The groups split from model '{source.name}' must all be "
                 "composed, next to each other and in their order, so that "
                 "they hold each of its layers once. Received: "
                 f"{[g.name for g in groups]}, of which {[g.name for g in run]} "
-                f"hold {len(held)} of its {len(source.layers)} layers."
+                f"hold {len(held)} of its {len(inner)} layers."
             )
+        check_single_tensor(source)
         if any(layer is source for layer in layers):
             raise ValueError(
                 f"The groups split from model '{source.name}' must stand next "

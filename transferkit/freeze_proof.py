@@ -17,10 +17,25 @@ from collections.abc import Iterable, Mapping, Sequence
 import keras
 import numpy as np
 
+from transferkit import model_tree
 from transferkit.distribution import replica_copies
 from transferkit.layer_group import LayerGroup
 
-__all__ = ["changed_variables", "count_params", "digest"]
+__all__ = [
+    "changed_held",
+    "changed_variables",
+    "count_params",
+    "digest",
+    "digest_held",
+    "held_variables",
+]
+
+
+def _sha(variable: keras.Variable) -> str:
+    value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
+    sha = hashlib.sha256(value.tobytes())
+    sha.update(f"{value.dtype}{value.shape}".encode())
+    return sha.hexdigest()
 
 
 def digest(groups: Iterable[LayerGroup]) -> dict[str, list[str]]:
@@ -33,12 +48,60 @@ def digest(groups: Iterable[LayerGroup]) -> dict[str, list[str]]:
     digests: dict[str, list[str]] = {}
     for group in groups:
         digests[group.name] = []
-        for variable in group.variables:
-            value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
-            sha = hashlib.sha256(value.tobytes())
-            sha.update(f"{value.dtype}{value.shape}".encode())
-            digests[group.name].append(sha.hexdigest())
+        digests[group.name] = [_sha(variable) for variable in group.variables]
     return digests
+
+
+def held_variables(
+    model: keras.Model, groups: Iterable[LayerGroup], extra: Iterable = ()
+) -> dict[str, keras.Variable]:
+    """The variables that a phase holds still inside the groups it trains,
+    by key: those of every layer frozen inside them at any depth (a
+    sub-block frozen by hand, a BatchNormalization in inference mode), and
+    `extra` ones frozen one by one (a LoRA group's base weights). Keyed by
+    the layer's position in the model's tree and the variable's name
+    (`"1/2/0/kernel"`), which another process building the same model
+    gives the same key, whatever names Keras numbered its layers with."""
+    extra = list(extra)
+    owners = {}
+    for group in groups:
+        for top in group:
+            for layer in (top, *(x for _, x in model_tree.walk(top))):
+                for variable in model_tree.own_variables(layer):
+                    owners[id(variable)] = layer
+    held = {}
+    for group in groups:
+        for top in group:
+            for layer in (top, *(x for _, x in model_tree.walk(top))):
+                if not layer.trainable:
+                    for variable in model_tree.own_variables(layer):
+                        held[_key(model, layer, variable)] = variable
+    for variable in extra:
+        layer = owners[id(variable)]
+        held[_key(model, layer, variable)] = variable
+    return held
+
+
+def _key(model, layer, variable) -> str:
+    position = "/".join(str(i) for i in model_tree.position(model, layer))
+    return f"{position}/{variable.name}"
+
+
+def digest_held(held: Mapping[str, keras.Variable]) -> dict[str, str]:
+    """SHA-256 of each of `held_variables`, by key."""
+    return {key: _sha(variable) for key, variable in held.items()}
+
+
+def changed_held(
+    held: Mapping[str, keras.Variable], before: Mapping[str, str]
+) -> tuple[str, ...]:
+    """Paths of the `held` variables whose digest differs from `before`, or
+    that `before` does not hold (a resumed phase that holds others)."""
+    return tuple(
+        variable.path
+        for key, variable in held.items()
+        if before.get(key) != _sha(variable) or not _replicas_agree(variable)
+    )
 
 
 def changed_variables(

@@ -8,10 +8,8 @@ as one layer of the model.
 
 from __future__ import annotations
 
-import difflib
 import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
 
 import keras
 
@@ -20,6 +18,8 @@ from transferkit.composition import (
     model_layers,
     split_runs,
 )
+from transferkit.model_tree import find_layer, layer_paths
+from transferkit.splitting import match_groups, split_groups
 
 __all__ = ["GroupChain", "GroupedSequential", "LayerGroup", "compose"]
 
@@ -115,6 +115,7 @@ class LayerGroup(Sequence):
             None if input_shape is None else _check_input_shape(name, input_shape)
         )
         self._source: keras.Model | None = None
+        self._leaves: tuple[keras.Layer, ...] | None = None  # All of a split.
 
     @classmethod
     def split(
@@ -127,12 +128,17 @@ class LayerGroup(Sequence):
         """Cuts a built model into consecutive groups of its layers.
 
         The model may be functional, nested or sequential, e.g. any
-        `keras.applications` backbone. Each cut point ends a group: a layer
-        name ends it inclusively (`at="mixed8"` puts InceptionV3's first 249
-        layers, up to and including `mixed8`, in the first group), an
-        integer `n` puts `model.layers[:n]` in it. The groups hold every
-        layer of `model.layers` once, in order; composed with `+`, they bring
-        `model` in as one layer, with its weights.
+        `keras.applications` backbone or keras-hub model. Each cut point ends
+        a group: a layer name ends it inclusively (`at="mixed8"` puts
+        InceptionV3's first 249 layers, up to and including `mixed8`, in the
+        first group), an integer `n` puts `model.layers[:n]` in it. A path of
+        names joined by `/` reaches a layer held inside another
+        (`"vit_encoder/transformer_block_2"`, `"encoder/layers_1"`), and
+        opens the layers on the way: their places go to the layers they
+        hold (`transferkit.splitting`). The groups hold every layer once, in
+        order. Train the model in place with them (`TransferRun(model,
+        groups=...)`), or compose them with `+`, which brings `model` in as
+        one layer, with its weights.
 
         Args:
             model: a built Keras model.
@@ -144,10 +150,11 @@ class LayerGroup(Sequence):
 
         Raises:
             TypeError: if `model` is not a Keras model, or a cut point is not
-                a layer name or an integer.
+                a layer path or an integer.
             ValueError: naming the bad value, for a model that is not built, an
-                unknown layer name (with similar names), a cut point out of
-                range or out of order, or a `names` count that does not match.
+                unknown layer path (with similar paths), a cut inside a layer
+                with variables of its own, a cut point out of range or out of
+                order, or a `names` count that does not match.
 
         Example:
 
@@ -160,41 +167,70 @@ class LayerGroup(Sequence):
         >>> bottom[-1].name, top[0].name
         ('block_12_add', 'block_13_expand')
         """
-        if not isinstance(model, keras.Model):
-            raise TypeError(
-                "Expected `model` to be a Keras model to split. Received: "
-                f"{type(model).__name__}"
-            )
-        if not model.built:
-            raise ValueError(
-                f"Model '{model.name}' is not built; build it (or call it on "
-                "data) before splitting it into groups."
-            )
-        points: list[Any] = list(at) if isinstance(at, list | tuple) else [at]
-        names = [names] if isinstance(names, str) else list(names)
-        if len(names) != len(points) + 1:
-            raise ValueError(
-                f"Expected {len(points) + 1} group names for {len(points)} cut "
-                f"point{'s' if len(points) != 1 else ''}. Received: names={names}"
-            )
-        layers = list(model.layers)
-        ends = [_cut_position(model, point) for point in points]
-        bounds = [0, *ends, len(layers)]
-        for index, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False)):
-            if end <= start:
-                raise ValueError(
-                    f"Cut points must be in increasing order, inside model "
-                    f"'{model.name}' ({len(layers)} layers), and leave every "
-                    f"group a layer; group '{names[index]}' would be empty. "
-                    f"Received: at={points}"
-                )
-        groups = tuple(
-            cls(name, layers[start:end])
-            for name, start, end in zip(names, bounds, bounds[1:], strict=False)
-        )
-        for group in groups:
+        groups, leaves = split_groups(model, at, names)
+        return cls._of_model(model, groups, leaves)
+
+    @classmethod
+    def match(
+        cls, model: keras.Model, patterns: Mapping[str, str]
+    ) -> tuple[LayerGroup, ...]:
+        """Groups of a built model by regular expressions over layer paths,
+        as timm's `group_matcher` names a model's parameter groups.
+
+        Each pattern must match whole paths (`transferkit.model_tree`); a
+        pattern with a capturing group makes one group per value it
+        captures, named `f"{name}_{value}"`. A layer goes to the group whose
+        pattern matches it or a layer around it; layers without weights
+        that no pattern reaches (a dropout between blocks) join the group
+        before them. Groups come in the model's order, and each must be a
+        run of consecutive layers.
+
+        Raises:
+            ValueError: naming the pattern or the layer, for a pattern that
+                matches nothing, a layer that two patterns match, a layer
+                with weights that none matches, or a group that would not be
+                consecutive.
+
+        Example:
+
+        >>> import keras
+        >>> inputs = keras.Input((4,))
+        >>> x = keras.layers.Dense(8, name="block_0")(inputs)
+        >>> x = keras.layers.Dense(8, name="block_1")(x)
+        >>> outputs = keras.layers.Dense(2, name="head")(x)
+        >>> model = keras.Model(inputs, outputs)
+        >>> [g.name for g in LayerGroup.match(
+        ...     model, {"block": r"block_(\\d+)", "head": "head"})]
+        ['block_0', 'block_1', 'head']
+        """
+        groups, leaves = match_groups(model, patterns)
+        return cls._of_model(model, groups, leaves)
+
+    @classmethod
+    def from_paths(
+        cls, model: keras.Model, paths: Mapping[str, Sequence[str]]
+    ) -> tuple[LayerGroup, ...]:
+        """The groups `{name: [layer paths]}` over `model`, e.g. those a run
+        folder records (`transferkit.model_groups.group_paths`) over the
+        model loaded from it.
+
+        Raises:
+            ValueError: naming the path, for a layer that is not there.
+        """
+        groups = [
+            (name, [find_layer(model, path, "paths") for path in layer_paths])
+            for name, layer_paths in paths.items()
+        ]
+        leaves = [layer for _, layers in groups for layer in layers]
+        return cls._of_model(model, groups, leaves)
+
+    @classmethod
+    def _of_model(cls, model, groups, leaves) -> tuple[LayerGroup, ...]:
+        made = tuple(cls(name, layers) for name, layers in groups)
+        for group in made:
             group._source = model
-        return groups
+            group._leaves = tuple(leaves)
+        return made
 
     @property
     def name(self) -> str:
@@ -266,31 +302,6 @@ class LayerGroup(Sequence):
             else ""
         )
         return f"LayerGroup({self._name!r}, [{names}]{shape})"
-
-
-def _cut_position(model: keras.Model, point: Any) -> int:
-    """How many of `model.layers` come before the cut at `point`."""
-    layers = model.layers
-    if isinstance(point, bool) or not isinstance(point, str | int):
-        raise TypeError(
-            "Expected each cut point to be a layer name or an integer. "
-            f"Received: {point!r}"
-        )
-    if isinstance(point, int):
-        if not 0 < point < len(layers):
-            raise ValueError(
-                f"A cut point must be between 1 and {len(layers) - 1} for model "
-                f"'{model.name}' ({len(layers)} layers). Received: at={point}"
-            )
-        return point
-    names = [layer.name for layer in layers]
-    if point not in names:
-        near = difflib.get_close_matches(point, names, n=5, cutoff=0.5)
-        raise ValueError(
-            f"Model '{model.name}' has no layer named {point!r}. Layers with "
-            f"similar names: {near or names[-5:]}. Received: at={point!r}"
-        )
-    return names.index(point) + 1
 
 
 def _check_input_shape(name, input_shape) -> tuple[int | None, ...]:
@@ -418,7 +429,8 @@ class GroupedSequential(keras.Sequential):
             sources = {name[0] for name in layer_names if isinstance(name, list)}
             if sources:  # Split from the backbone named in each entry.
                 (source,) = (by_name[name] for name in sources)
-                layers = [source.get_layer(name[1]) for name in layer_names]
+                # A layer's path in `source` (its name, one level down).
+                layers = [find_layer(source, name[1]) for name in layer_names]
                 group = LayerGroup(group_name, layers)
                 group._source = source
                 # Keras restores a nested model's flags from its own.
@@ -431,21 +443,14 @@ class GroupedSequential(keras.Sequential):
                 layers = [by_name[layer_name] for layer_name in layer_names]
                 group = LayerGroup(group_name, layers, input_shape)
             groups.append(group)
+        for source in {id(g.source): g.source for g in groups if g.source}.values():
+            leaves = tuple(x for g in groups if g.source is source for x in g)
+            for group in groups:
+                if group.source is source:
+                    group._leaves = leaves
         model._layer_groups = tuple(groups)
         model._class_names = None if class_names is None else tuple(class_names)
         return model
-
-    def layer_path(self, layer: keras.Layer) -> tuple[int, ...]:
-        """Where `layer` is: `(i,)` for `self.layers[i]`, `(i, j)` for the
-        `j`-th layer of a backbone at `self.layers[i]`."""
-        for index, outer in enumerate(self.layers):
-            if outer is layer:
-                return (index,)
-        for group in self._layer_groups:
-            if group.source is not None and any(x is layer for x in group):
-                outer = self.layers.index(group.source)
-                return (outer, group.source.layers.index(layer))
-        raise ValueError(f"Layer '{layer.name}' is not in model '{self.name}'.")
 
 
 class GroupChain:
@@ -466,8 +471,8 @@ class GroupChain:
     def missing(self) -> str:
         """Which split models' layers are missing, for messages."""
         return "; ".join(
-            f"{len(run.source.layers) - run.held} of the "
-            f"{len(run.source.layers)} layers of model '{run.source.name}'"
+            f"{run.total - run.held} of the "
+            f"{run.total} layers of model '{run.source.name}'"
             for run in split_runs(self.groups)
             if not run.complete
         )
@@ -508,12 +513,14 @@ def _groups_of(other) -> tuple[LayerGroup, ...]:
 
 def _group_config(group: LayerGroup) -> list:
     """`[name, layer names]`; for a group split from a model, each layer as
-    `[model name, layer name]`, and the layers' trainable flags."""
+    `[model name, its path in that model]`, and the layers' trainable
+    flags."""
     if group.source is None:
         return [group.name, [layer.name for layer in group.layers]]
+    paths = layer_paths(group.source)
     return [
         group.name,
-        [[group.source.name, layer.name] for layer in group.layers],
+        [[group.source.name, paths[id(layer)]] for layer in group.layers],
         [layer.trainable for layer in group.layers],
     ]
 

@@ -124,6 +124,16 @@ class PhaseResult:
     """Why the phase ended before its planned epochs (e.g. `"a callback set
     stop_training after epoch 2 of 15"`); empty when it ran them all."""
 
+    lora: dict[str, int] = dataclasses.field(default_factory=dict)
+    """LoRA ranks by group (`lora=`): groups adapted instead of trained;
+    their adapters were folded into the kernels at the phase's end."""
+
+    held_variables: int = 0
+    """Variables held still inside the groups the phase trained (a LoRA
+    group's base weights, BatchNormalization in inference mode, a layer
+    frozen inside a trained group), proven unchanged with the frozen
+    groups' in `frozen_unchanged`."""
+
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> PhaseResult:
         """The inverse of `to_dict`.

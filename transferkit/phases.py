@@ -28,9 +28,17 @@ from transferkit.arguments import (
     require_epochs,
 )
 from transferkit.errors import NonFiniteError
-from transferkit.freeze_proof import changed_variables, count_params
+from transferkit.freeze_proof import (
+    changed_held,
+    changed_variables,
+    count_params,
+    digest_held,
+    held_variables,
+)
 from transferkit.input_recipe import recipe_of_dataset
 from transferkit.layer_group import LayerGroup
+from transferkit.lora import Adaptation, adapt, check_lora, merge
+from transferkit.model_groups import groups_of
 from transferkit.optimizers import (
     OptimizerSpec,
     check_optimizer_spec,
@@ -86,6 +94,7 @@ class Phases:
         freeze: Sequence[LayerGroup] = (),
         steps_per_epoch: int | None = None,
         class_weight: Any = None,
+        lora: Any = None,
     ) -> PhaseResult:
         """One phase, start to end, under the run's strategy; each step is a
         method below. A phase that fails goes back to its last saved epoch,
@@ -96,6 +105,8 @@ class Phases:
         name = self._phase_name(kind, name)
         multipliers = self._check_multipliers(lr_multipliers)
         require_choice(backbone_batch_norm, "backbone_batch_norm", BATCH_NORM)
+        frozen_names = [*self.frozen_groups, *(group.name for group in freeze)]
+        ranks = check_lora(lora, groups_of(self._model), frozen_names)
         if steps_per_epoch is not None:
             steps_per_epoch = require_count(steps_per_epoch, "steps_per_epoch")
         train, validation = self._prepare_phase_data(
@@ -114,16 +125,22 @@ class Phases:
             lr_multipliers=multipliers,
             backbone_batch_norm=backbone_batch_norm,
             augmented_views=self._training_options.augmented_views,
+            lora=ranks,
         )
         record = self._state.recorded_phase(len(self._results), spec)
         if record is not None and record.result is not None:
             return self._replay(record, freeze)
         frozen = self._freeze_for_phase(freeze)
+        adaptation = Adaptation()
         try:
-            record = self._state.start_phase(record, spec, frozen)
-            self._earlier_seconds += record.seconds
-            elapsed = _stopwatch(started, earlier=record.seconds)
+            adaptation = adapt(groups_of(self._model).values(), ranks)
             with batch_norm_policy(self._model, backbone_batch_norm) as batch_norm:
+                held = self._held(frozen, adaptation)
+                record = self._state.start_phase(
+                    record, spec, frozen, digest_held(held)
+                )
+                self._earlier_seconds += record.seconds
+                elapsed = _stopwatch(started, earlier=record.seconds)
                 training = self._attempt(
                     record,
                     train,
@@ -134,10 +151,13 @@ class Phases:
                     elapsed,
                 )
                 result = self._result(
-                    record, train, frozen, training, batch_norm, elapsed()
+                    record, train, frozen, training, batch_norm, elapsed(), held
                 )
+            if merge(adaptation):  # Before the save: every phase ends plain.
+                self._compile_merged(optimizer, multipliers)
             self._state.finish_phase(record, result)
         except BaseException as error:
+            merge(adaptation)
             replacement = self._failed(error)
             if replacement is error:
                 raise
@@ -160,6 +180,20 @@ class Phases:
         if training.interrupted:
             raise KeyboardInterrupt(self._state.interrupted_message(record))
         return training
+
+    def _compile_merged(self, optimizer, multipliers) -> None:
+        """Compiles the model again once LoRA adapters are merged, with a
+        fresh optimizer built for its variables: the phase's one was built
+        for the adapters, which are gone, and a model saved with it would
+        not load its optimizer."""
+        fresh = self._make_optimizer(optimizer, multipliers)
+        self._compile(fresh)
+        fresh.build(self._model.trainable_variables)
+
+    def _held(self, frozen, adaptation) -> dict[str, keras.Variable]:
+        """The variables held still inside the groups the phase trains."""
+        trained = [g for g in groups_of(self._model).values() if g not in frozen]
+        return held_variables(self._model, trained, adaptation.base_variables())
 
     def _failed(self, error: BaseException) -> BaseException:
         """What a failed phase raises, once the run has gone back to what it
@@ -244,7 +278,7 @@ class Phases:
         optimizer = fresh_optimizer(self._optimizer if override is None else override)
         if self._training_options.lean_step:
             fuse_updates(optimizer)
-        groups = self._model.groups
+        groups = groups_of(self._model)
         scale_learning_rates(
             optimizer,
             [(v, m) for name, m in multipliers.items() for v in groups[name].variables],
@@ -298,7 +332,7 @@ class Phases:
                 for layer, trainable in zip(group, previous[id(group)], strict=True):
                     layer.trainable = trainable
             raise ValueError(message)
-        return [self._model.groups[name] for name in self.frozen_groups]
+        return [groups_of(self._model)[name] for name in self.frozen_groups]
 
     def _compile(self, optimizer: keras.optimizers.Optimizer) -> None:
         # Compiled even when a trainer model trains: `evaluate`, the
@@ -371,9 +405,12 @@ class Phases:
         training: Training,
         batch_norm: str,
         seconds: float,
+        held: Mapping[str, keras.Variable],
     ) -> PhaseResult:
         """The phase's result, with the freeze proof."""
         changed = changed_variables(frozen, record.frozen_digest)
+        if record.held_digest is not None:  # None: a folder from before it.
+            changed += changed_held(held, record.held_digest)
         history = record.history
         done, planned = record.epochs_done, record.epochs
         return PhaseResult(
@@ -396,7 +433,7 @@ class Phases:
             trainable_params=count_params(self._model.trainable_weights),
             non_trainable_params=count_params(self._model.non_trainable_weights),
             frozen_groups=tuple(group.name for group in frozen),
-            frozen_unchanged=(not changed) if frozen else None,
+            frozen_unchanged=(not changed) if frozen or held else None,
             changed_variables=changed,
             classes=train.classes,
             class_names=getattr(self._model, "class_names", None),
@@ -411,6 +448,8 @@ class Phases:
             cache_code=training.cache_code,
             lr_multipliers=dict(record.spec.get("lr_multipliers", {})),
             batch_norm=batch_norm,
+            lora=dict(record.spec.get("lora", {})),
+            held_variables=len(held),
         )
 
     def _phase_name(self, kind: str, name: str | None) -> str:
@@ -432,7 +471,7 @@ class Phases:
         return name
 
     def _groups_named(self, names: Iterable[str], argument: str) -> list[LayerGroup]:
-        groups = self._model.groups
+        groups = groups_of(self._model)
         names = list(names)
         for name in names:
             if not isinstance(name, str) or name not in groups:
@@ -451,7 +490,7 @@ def batch_norm_policy(model: keras.Model, mode: str) -> Iterator[str]:
     mode; yields what was done, for the result."""
     layers = [
         sublayer
-        for group in model.groups.values()
+        for group in groups_of(model).values()
         if group.source is not None
         for layer in group
         for sublayer in layer._flatten_layers(include_self=True)

@@ -16,7 +16,9 @@ from typing import Any
 
 import keras
 
+from transferkit import model_tree
 from transferkit.layer_group import LayerGroup
+from transferkit.model_groups import groups_of
 from transferkit.optimizers import optimizer_fingerprint
 from transferkit.training_data import PhaseData, loss_name
 
@@ -36,6 +38,7 @@ def phase_spec(
     lr_multipliers: dict[str, float] | None = None,
     backbone_batch_norm: str = "inference",
     augmented_views: int = 1,
+    lora: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """A phase's entry in the plan, JSON-ready.
 
@@ -56,6 +59,8 @@ def phase_spec(
         augmented_views: the run's `augmented_views`; recorded only when
             above 1 (the views are part of what a phase computes). Defaults
             to `1`.
+        lora: LoRA ranks by group; recorded only when given. Defaults to
+            `None`.
     """
     spec = {
         "kind": kind,
@@ -76,6 +81,8 @@ def phase_spec(
         spec["backbone_batch_norm"] = backbone_batch_norm
     if augmented_views > 1:
         spec["augmented_views"] = augmented_views
+    if lora:
+        spec["lora"] = dict(sorted(lora.items()))
     return json.loads(json.dumps(spec))
 
 
@@ -89,7 +96,7 @@ def model_fingerprint(model: keras.Model) -> str:
     layers = [_layer_fingerprint(layer) for layer in model.layers]
     groups = [
         [name, [_position(model, layer) for layer in group]]
-        for name, group in model.groups.items()
+        for name, group in groups_of(model).items()
     ]
     text = json.dumps([layers, groups], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -108,13 +115,12 @@ def _layer_fingerprint(layer: keras.Layer) -> list:
 
 
 def _position(model: keras.Model, layer: keras.Layer) -> int | list[int]:
-    """The index of `layer` in `model.layers`, or `[i, j]` for the `j`-th layer
-    of a backbone at `model.layers[i]`."""
-    # Any model with `groups` may hold its layers at the top; only a
-    # `GroupedSequential` holds backbones, and knows their layers' paths.
+    """The index of `layer` in `model.layers`, or its position further down
+    (`transferkit.model_tree.position`): `[i, j]` for the `j`-th layer of a
+    backbone at `model.layers[i]`."""
     if any(layer is outer for outer in model.layers):
         return model.layers.index(layer)
-    return list(model.layer_path(layer))
+    return model_tree.position(model, layer)
 
 
 def differences(recorded: Any, current: Any, prefix: str = "") -> list[str]:

@@ -68,6 +68,11 @@ class PhaseRecord:
     """Why the last attempt stopped before the end (a non-finite loss), so
     that a rerun may change the optimizer's settings; empty otherwise."""
 
+    held_digest: dict[str, str] | None = None
+    """SHA-256 of every variable held still inside the groups the phase
+    trains (`freeze_proof.held_variables`), by key; `None` in folders from
+    before it was recorded."""
+
     @property
     def name(self) -> str:
         return self.spec["name"]
@@ -96,6 +101,8 @@ class PhaseRecord:
             record["cache_seconds"] = self.cache_seconds
         if self.stopped:
             record["stopped"] = self.stopped
+        if self.held_digest:
+            record["held_digest"] = self.held_digest
         return record
 
 
@@ -226,6 +233,12 @@ def _phase(check: _Checker, phase: Any, where: str) -> PhaseRecord:
     stopped = phase.get("stopped", "")
     if not isinstance(stopped, str):
         check.fail(f"{where}.stopped", stopped, "a string")
+    held = phase.get("held_digest")
+    if held is not None and not (
+        isinstance(held, dict)
+        and all(isinstance(v, str) and len(v) == 64 for v in held.values())
+    ):
+        check.fail(f"{where}.held_digest", held, "SHA-256 digests by variable key")
     return PhaseRecord(
         spec=dict(spec),
         frozen_groups=list(groups),
@@ -236,6 +249,7 @@ def _phase(check: _Checker, phase: Any, where: str) -> PhaseRecord:
         result=result,
         cache_seconds=float(cache_seconds),
         stopped=stopped,
+        held_digest=None if held is None else dict(held),
     )
 
 

@@ -23,6 +23,8 @@ import keras
 
 from transferkit.freeze_proof import digest
 from transferkit.layer_group import LayerGroup
+from transferkit.lora import adapt
+from transferkit.model_groups import groups_of
 from transferkit.phase_result import PhaseResult
 from transferkit.plan import differences, model_fingerprint
 from transferkit.run_directory import CheckpointError, RunDirectory, seed_states
@@ -156,10 +158,12 @@ class RunState:
         record: PhaseRecord | None,
         spec: Mapping[str, Any],
         frozen: Sequence[LayerGroup],
+        held_digest: dict[str, str] | None = None,
     ) -> PhaseRecord:
         """The record of a phase about to train: `record` when it resumes one
         (checked to freeze the same groups), else a new one with the digests
-        of the `frozen` groups' variables, saved at once as the phase's
+        of the `frozen` groups' variables (and `held_digest`, of those held
+        still inside the groups it trains), saved at once as the phase's
         starting point.
 
         Raises:
@@ -168,6 +172,7 @@ class RunState:
         frozen_groups = [group.name for group in frozen]
         if record is None:
             record = PhaseRecord(dict(spec), frozen_groups, digest(frozen))
+            record.held_digest = held_digest or None
             self.phases.append(record)
             self.save()
         elif record.frozen_groups != frozen_groups:
@@ -312,11 +317,23 @@ class RunState:
                     f"Cannot resume {self._file()} into a model that is not "
                     "built; give the first group an `input_shape`."
                 )
+            _adapt_for(self._model, record)
             self._directory.restore(self._model, record.to_json())
         return record
 
     def _file(self) -> str:
         return repr(str(self._directory.state_path)) if self._directory else "the run"
+
+
+def _adapt_for(model: keras.Model, record: RunRecord) -> None:
+    """Adapts the groups of an interrupted LoRA phase before its checkpoint
+    is loaded, since that holds their adapters (`transferkit.lora`); the
+    phase takes them as they are when it resumes."""
+    last = record.phases[-1] if record.phases else None
+    ranks = {} if last is None or last.result is not None else last.spec.get("lora")
+    if ranks:
+        groups = groups_of(model) or {}
+        adapt([groups[name] for name in ranks if name in groups], ranks)
 
 
 def saved_phases(directory: str | os.PathLike) -> list[tuple[str, int, int, bool]]:

@@ -18,6 +18,7 @@ from transferkit import lr_finder
 from transferkit.inference import Predictions, predict
 from transferkit.kept_cache import KeptCache
 from transferkit.loop import DEFAULT_STEPS_PER_CALL, InMemoryLoop
+from transferkit.model_groups import groups_of
 from transferkit.optimizers import OptimizerSpec
 from transferkit.phases import batch_norm_policy
 from transferkit.predictions import FilePredictions, are_paths, predict_files
@@ -101,7 +102,7 @@ class RunTools:
         with lr_finder.state_kept(self._model):
             frozen = self._freeze_for_phase(groups)
             trained = tuple(
-                n for n in self._model.groups if n not in self.frozen_groups
+                n for n in groups_of(self._model) if n not in self.frozen_groups
             )
             with batch_norm_policy(self._model, "inference"):
                 optimizer = self._make_optimizer(optimizer, multipliers)

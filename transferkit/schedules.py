@@ -23,11 +23,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from transferkit.layer_behaviour import trains_nothing
+from transferkit.model_groups import groups_of
 from transferkit.phase_result import PhaseResult
 from transferkit.training_data import Data
 from transferkit.transfer_run import TransferRun
 
-__all__ = ["gradual_unfreezing", "head_then_all", "spread"]
+__all__ = ["gradual_unfreezing", "head_then_all", "layer_decay", "spread"]
 
 
 def spread(
@@ -57,6 +58,40 @@ def spread(
     values[-1] = highest  # Exactly, whatever the rounding on the way.
     return {
         name: float(f"{value:.6g}") for name, value in zip(groups, values, strict=True)
+    }
+
+
+def layer_decay(groups: Sequence[str], decay: float) -> dict[str, float]:
+    """Layer-wise learning-rate decay (BEiT's, timm's `layer_decay`): the
+    last group (the head) trains at 1.0, each group below it at `decay`
+    times the one above it. Pass the result as `lr_multipliers`; each is
+    exact for its group, whatever the optimizer (`transferkit.optimizers`).
+    Cut a transformer into one group per block (`LayerGroup.match(model,
+    {"block": r"encoder/layers_(\\d+)", ...})`) for a rate per block.
+
+    >>> layer_decay(["embed", "block_0", "block_1", "head"], 0.5)
+    {'embed': 0.125, 'block_0': 0.25, 'block_1': 0.5, 'head': 1.0}
+
+    Raises:
+        ValueError: if `groups` is empty or `decay` is not in (0, 1].
+    """
+    groups = list(groups)
+    if not groups:
+        raise ValueError("Expected at least one group name. Received: groups=[]")
+    if (
+        isinstance(decay, bool)
+        or not isinstance(decay, int | float)
+        or not (0 < decay <= 1)
+    ):
+        raise ValueError(
+            "Expected `decay` to be a number in (0, 1], e.g. 0.75: each group "
+            f"below the head trains at that times the rate above it. Received: "
+            f"decay={decay!r}"
+        )
+    depth = len(groups) - 1
+    return {
+        name: float(f"{decay ** (depth - position):.6g}")
+        for position, name in enumerate(groups)
     }
 
 
@@ -109,7 +144,7 @@ def head_then_all(
         name="head",
         **phase_options,
     )
-    run.unfreeze(*run.model.groups)
+    run.unfreeze(*groups_of(run.model))
     second = run.train(
         data,
         epochs=epochs,
@@ -179,7 +214,9 @@ def _with_weights(run: TransferRun) -> list[str]:
     """The groups of the run's model with something to train, in order:
     preprocessing and augmentation groups are no stage and take no rung."""
     return [
-        name for name, group in run.model.groups.items() if not trains_nothing(group)
+        name
+        for name, group in groups_of(run.model).items()
+        if not trains_nothing(group)
     ]
 
 

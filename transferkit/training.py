@@ -22,13 +22,14 @@ from typing import Any
 import keras
 import numpy as np
 
-from transferkit.cache_plan import CachePlan, plan_phase_cache
+from transferkit.cache_plan import CachePlan, has_own_fit, plan_phase_cache
 from transferkit.distribution import Distribution
 from transferkit.epoch_guard import EpochGuard
 from transferkit.feature_cache import CacheTooLarge, FeatureCache
 from transferkit.kept_cache import KeptCache
 from transferkit.lean_step import LeanDropout, LeanSoftmax, lean_layers
 from transferkit.loop import DEFAULT_STEPS_PER_CALL, DatasetLoop, InMemoryLoop
+from transferkit.model_groups import groups_of
 from transferkit.optimizers import has_fused_kernel
 from transferkit.phase_callbacks import (
     EpochHook,
@@ -54,6 +55,8 @@ LOOP_CODES = {
     "own_sharded_dataset": "transferkit's loop, on a dataset the strategy "
     "shards (several workers)",
     "fit_requested": "Keras fit: training_loop='fit'",
+    "fit_own": "the model's own fit: it does more than train_step (a "
+    "keras-hub task's preprocessing)",
     "fit_cache_on_disk": "Keras fit: the feature cache is on disk",
     "fit_dataset": "Keras fit: the data is a tf.data.Dataset",
 }
@@ -204,6 +207,8 @@ def train_phase(
             if loop is not None:
                 loop.fit(**epochs_from, callbacks=phase_callbacks)
             else:
+                if has_own_fit(trainer):
+                    train, validation = _batched(train, validation)
                 fit_data = _fit_data(train, validation, cache, verbose)
                 trainer.fit(**fit_data, **epochs_from, callbacks=phase_callbacks)
     finally:
@@ -264,6 +269,9 @@ def _in_memory_loop(trainer, train, validation, cache, callbacks, options):
     distribution = options.distribution
     if options.training_loop == "fit":
         return None, "Keras fit: training_loop='fit'", "fit_requested"
+    if has_own_fit(trainer):
+        why = f"{type(trainer).__name__}.fit: the model's own fit, which does "
+        return None, why + "more than train_step", "fit_own"
     if cache is not None and cache.on_disk:
         return None, "Keras fit: the feature cache is on disk", "fit_cache_on_disk"
     for name, data in (("data", train), ("validation_data", validation)):
@@ -397,7 +405,7 @@ def _announce(verbose, phase, model, frozen, epochs, initial_epoch, plan) -> Non
     if verbose == 0:
         return
     done = f", resumed after epoch {initial_epoch}" if initial_epoch else ""
-    trains = [name for name in model.groups if name not in frozen]
+    trains = [name for name in groups_of(model) if name not in frozen]
     cache = (
         f"layers {plan.span} computed once ({plan.reason})"
         if plan.layers
@@ -471,6 +479,19 @@ def trainer_model(model, layers, cache, options, compile_args) -> keras.Model:
         trainer.dtype_policy = options.precision  # Keras scales float16 losses by it.
     trainer.compile(**compile_args)
     return trainer
+
+
+def _batched(train, validation):
+    """Arrays as datasets of batches, the training data shuffled every
+    epoch, for a model's own `fit`, which may batch arrays unshuffled (a
+    keras-hub task's does)."""
+
+    def batched(data, shuffle):
+        if data is None or data.is_dataset:
+            return data
+        return dataclasses.replace(data.as_dataset(shuffle=shuffle), batch_size=None)
+
+    return batched(train, True), batched(validation, False)
 
 
 def _fit_data(train, validation, cache, verbose) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from transferkit.arguments import (
     require_seed,
 )
 from transferkit.distribution import Distribution
+from transferkit.layer_group import GroupedSequential, LayerGroup
+from transferkit.model_groups import attach_groups, groups_of
 from transferkit.optimizers import OptimizerSpec, check_optimizer_spec
 from transferkit.phase_result import PhaseResult
 from transferkit.phases import BATCH_NORM, Phases
@@ -64,7 +66,8 @@ class TransferRun(Phases, RunTools):
 
     Args:
         model: a model composed from `LayerGroup`s (`features + head`), or
-            any Keras model with a `groups` mapping of name to `LayerGroup`.
+            any Keras model with `groups` (a keras-hub task or backbone, a
+            functional model with several inputs), trained in place.
         optimizer: the optimizer of every phase: a name such as `"adam"`, an
             optimizer instance, which is copied from its config for each
             phase, or a zero-argument factory that returns a new optimizer.
@@ -168,6 +171,13 @@ class TransferRun(Phases, RunTools):
             its confusion matrix. Defaults to `None`: those of the first
             dataset that carries them (`image_dataset_from_directory`'s
             `class_names`); data with other names is refused.
+        groups: for a model that does not hold groups (any but one composed
+            with `+`): the groups to train it in place with, cut from it
+            (`LayerGroup.split(model, at=[...], names=[...])` or
+            `LayerGroup.match`); every layer with weights must be in one. The
+            model is trained as it is, its own `fit` included (a keras-hub
+            task's preprocessing), and saved as its own class. Defaults to
+            `None`.
         lean_step: train a `Sequential` model with `Dropout` masks drawn
             from random bits instead of floats (the same keep probability),
             softmax `Activation` layers computed from `exp` and sums (the
@@ -228,7 +238,10 @@ class TransferRun(Phases, RunTools):
         training_loop: str = "auto",
         strategy: tf.distribute.Strategy | None = None,
         class_names: Sequence[str] | None = None,
+        groups: Sequence[LayerGroup] | None = None,
     ):
+        if groups is not None:
+            _attach(model, groups)
         check_model(model)
         if class_names is not None:
             model.class_names = class_names
@@ -380,7 +393,9 @@ class TransferRun(Phases, RunTools):
     def frozen_groups(self) -> tuple[str, ...]:
         """Names of the groups all of whose layers are frozen now."""
         return tuple(
-            name for name, group in self._model.groups.items() if not group.trainable
+            name
+            for name, group in groups_of(self._model).items()
+            if not group.trainable
         )
 
     def freeze(self, *names: str) -> None:
@@ -417,6 +432,7 @@ class TransferRun(Phases, RunTools):
         backbone_batch_norm: str = "inference",
         steps_per_epoch: int | None = None,
         class_weight: Mapping[Any, float] | str | None = None,
+        lora: Mapping[str, int] | None = None,
     ) -> PhaseResult:
         """Runs one phase with the groups frozen as they are now.
 
@@ -458,6 +474,13 @@ class TransferRun(Phases, RunTools):
                 by its class's weight; classes left out weigh 1.0. Or
                 `"balanced"`: `n / (k * n_c)` from the training labels. Not
                 with sample weights in the data. Defaults to `None`.
+            lora: `{group: rank}`: adapt those groups with LoRA instead of
+                training them (`transferkit.lora`): Keras' `enable_lora` on
+                each Dense, EinsumDense, Embedding and Conv layer of the group,
+                every other variable of it frozen; the freeze proof covers
+                the base weights, and at the phase's end the adapters are
+                folded into the kernels. A group without an adaptable layer
+                kernel (DepthwiseConv2D) is refused. Defaults to `None`.
 
         Returns:
             The phase's `PhaseResult`, also appended to `results`.
@@ -475,6 +498,7 @@ class TransferRun(Phases, RunTools):
             backbone_batch_norm=backbone_batch_norm,
             steps_per_epoch=steps_per_epoch,
             class_weight=class_weight,
+            lora=lora,
         )
 
     def fine_tune(
@@ -492,6 +516,7 @@ class TransferRun(Phases, RunTools):
         backbone_batch_norm: str = "inference",
         steps_per_epoch: int | None = None,
         class_weight: Mapping[Any, float] | str | None = None,
+        lora: Mapping[str, int] | None = None,
     ) -> PhaseResult:
         """Freezes the named groups, then runs one phase like `train`.
 
@@ -511,6 +536,7 @@ class TransferRun(Phases, RunTools):
             backbone_batch_norm: as for `train`. Defaults to `"inference"`.
             steps_per_epoch: as for `train`. Defaults to `None`.
             class_weight: as for `train`. Defaults to `None`.
+            lora: as for `train`. Defaults to `None`.
 
         Returns:
             The phase's `PhaseResult`, also appended to `results`.
@@ -542,8 +568,23 @@ class TransferRun(Phases, RunTools):
             backbone_batch_norm=backbone_batch_norm,
             steps_per_epoch=steps_per_epoch,
             class_weight=class_weight,
+            lora=lora,
             freeze=groups,
         )
+
+
+def _attach(model, groups) -> None:
+    """Gives a model that does not hold groups (any but a `GroupedSequential`)
+    the `groups` to train it in place with."""
+    if isinstance(model, GroupedSequential):
+        raise ValueError(
+            f"Model '{model.name}' is composed from groups and holds them "
+            f"({list(model.groups)}); `groups=` is for a model trained in place. "
+            "Pass one or the other."
+        )
+    if not isinstance(model, keras.Model):
+        check_model(model)
+    attach_groups(model, groups)
 
 
 def _distribution(strategy, model, batch_size: int, training_loop: str):
