@@ -70,19 +70,20 @@ def block_groups(task: keras.Model) -> tuple[LayerGroup, ...]:
     )
 
 
-def digits(preset: str | None, image_size: int):
-    """The shipped digits, scaled to [0, 1]: 0-4 and 5-9, train and test;
-    resized and given three channels for a preset."""
+def digits(preset: str | None, image_size: int, samples: int | None = None):
+    """The shipped digits (the first `samples` of each split, or all), scaled
+    to [0, 1]: 0-4 and 5-9, train and test; resized and given three channels
+    for a preset."""
     data = mnist.load_sample()
     prepared = []
-    for images in (data.x_train, data.x_test):
+    for images in (data.x_train[:samples], data.x_test[:samples]):
         x = (images[..., None] / 255.0).astype("float32")
         if preset is not None:
             x = np.repeat(keras.ops.image.resize(x, (image_size,) * 2), 3, axis=-1)
         prepared.append(np.asarray(x))
     classes = [range(5), range(5, 10)]
-    low, high = split_classes(prepared[0], data.y_train, classes)
-    low_test, high_test = split_classes(prepared[1], data.y_test, classes)
+    low, high = split_classes(prepared[0], data.y_train[:samples], classes)
+    low_test, high_test = split_classes(prepared[1], data.y_test[:samples], classes)
     return low, low_test, high, high_test
 
 
@@ -91,7 +92,8 @@ def make_run(task, args) -> TransferRun:
         task,
         groups=block_groups(task),
         optimizer=keras.optimizers.Adam(args.learning_rate),
-        loss="sparse_categorical_crossentropy",
+        # keras-hub's classifiers give logits (activation=None).
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         batch_size=args.batch_size,
         verbose=0,
@@ -121,7 +123,7 @@ def main(argv=None) -> dict[str, dict]:
     keras.utils.set_random_seed(args.seed)
     pretrained = build_task(args.preset, args.blocks)
     size = pretrained.backbone.image_shape[0] if args.preset else 28
-    low, low_test, high, high_test = digits(args.preset, size)
+    low, low_test, high, high_test = digits(args.preset, size, args.samples)
     if args.preset is None:
         run = make_run(pretrained, args)
         first = run.train(low, epochs=args.pretrain_epochs, validation_data=low_test)
@@ -173,6 +175,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--samples", type=int, default=None, help="use the first N digits of each split"
+    )
     parser.add_argument(
         "--preset",
         default=None,

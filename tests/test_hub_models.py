@@ -328,3 +328,73 @@ def test_a_composed_vit_caches_up_to_the_encoder_whose_call_no_cut_enters():
     assert result.frozen_unchanged is True
     after = values(bottom.variables)
     assert all(a.tobytes() == b.tobytes() for a, b in zip(before, after, strict=True))
+
+
+def tiny_bert():
+    return keras_hub.models.BertBackbone(
+        vocabulary_size=20,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=6,
+    )
+
+
+def token_data(samples=24, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(samples) % 3
+    ids = rng.integers(1, 20, size=(samples, 6)).astype("int32")
+    ids[:, 0] = y + 1  # The label, in the first token.
+    x = {
+        "token_ids": ids,
+        "segment_ids": np.zeros((samples, 6), "int32"),
+        "padding_mask": np.ones((samples, 6), "int32"),
+    }
+    return x, y
+
+
+def test_a_bert_classifier_trains_in_place_on_dicts_through_its_fit_and_ours():
+    bert = tiny_bert()
+    task = keras_hub.models.BertTextClassifier(
+        backbone=bert, num_classes=3, preprocessor=None, activation="softmax"
+    )
+    inputs = bert.input
+    pooled = bert(inputs)["pooled_output"]
+    own = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(pooled))
+    for model, loop in ((task, "fit_own"), (own, "own")):
+        at = f"{bert.name}/transformer_layer_0"
+        bottom, top = LayerGroup.split(model, at=at, names=["bottom", "top"])
+        before = values(bottom.variables)
+        run = run_of(model, [bottom, top])
+        result = run.fine_tune(
+            token_data(), freeze="bottom", epochs=1, validation_data=token_data(9, 1)
+        )
+        assert result.training_loop_code == loop
+        assert result.frozen_unchanged is True
+        assert "accuracy" not in result.metrics and np.isfinite(result.metrics["loss"])
+        after = values(bottom.variables)
+        assert all(
+            a.tobytes() == b.tobytes() for a, b in zip(before, after, strict=True)
+        )
+        assert np.isfinite(run.evaluate(token_data(6, 2))["loss"])
+
+
+def test_dict_data_with_other_inputs_than_the_model_is_refused_by_name():
+    bert = tiny_bert()
+    inputs = bert.input
+    model = keras.Model(inputs, keras.layers.Dense(3)(bert(inputs)["pooled_output"]))
+    run = run_of(model, LayerGroup.split(model, at=[], names=["all"]))
+    x, y = token_data()
+    del x["segment_ids"]
+    with pytest.raises(
+        ValueError,
+        match=r"a dict of the model's inputs, \['padding_mask', 'segment_ids', 'token_ids'\]\. Received: \['padding_mask', 'token_ids'\]",
+    ):
+        run.train((x, y), epochs=1)
+    x, y = token_data()
+    x["token_ids"] = x["token_ids"][:10]
+    with pytest.raises(
+        ValueError, match=r"one row per sample, the same number\. Received: lengths"
+    ):
+        run.train((x, y), epochs=1)

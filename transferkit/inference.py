@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from transferkit.class_subset import ClassSubset
 from transferkit.sample_weights import class_ids
+from transferkit.several_inputs import first_input, map_inputs
 
 __all__ = ["Predictions", "predict", "predict_function", "predict_step"]
 
@@ -53,11 +54,14 @@ def predict_function(
     like `spec` (its first dimension is ignored). For a model, one function
     per input signature is kept with it (as Keras keeps its
     `predict_function`), so later calls do not trace again."""
-    signature = tf.TensorSpec((None, *spec.shape[1:]), spec.dtype)
+    signature = map_inputs(lambda s: tf.TensorSpec((None, *s.shape[1:]), s.dtype), spec)
     if not isinstance(layers, keras.Layer):
         return _compiled(layers, signature, augmenting)
     functions = _FUNCTIONS.setdefault(layers, {})
-    key = (tuple(signature.shape), signature.dtype, augmenting)
+    flat = tf.nest.flatten(signature)
+    key = (str(tf.nest.map_structure(lambda _: 0, signature)), augmenting) + tuple(
+        (tuple(s.shape), s.dtype) for s in flat
+    )
     if key not in functions:
         functions[key] = _compiled(layers, signature, augmenting)
     return functions[key]
@@ -116,13 +120,14 @@ def predict(
         else:
             samples = data
         batches = (
-            (tf.constant(samples[start : start + batch_size]), None)
-            for start in range(0, len(samples), batch_size)
+            (_rows(samples, start, batch_size), None)
+            for start in range(0, len(first_input(samples)), batch_size)
         )
     outputs, read = [], []
     for batch, batch_labels in batches:
         if function is None:
-            function = predict_function(model, tf.TensorSpec(batch.shape, batch.dtype))
+            spec = map_inputs(lambda t: tf.TensorSpec(t.shape, t.dtype), batch)
+            function = predict_function(model, spec)
         outputs.append(np.asarray(function(batch)))
         if batch_labels is not None:
             read.append(batch_labels)
@@ -132,6 +137,12 @@ def predict(
         outputs=np.concatenate(outputs),
         labels=None if labels is None else class_ids(labels),
     )
+
+
+def _rows(samples, start: int, count: int):
+    """Rows `start` to `start + count` of the samples (one array, or one per
+    input), as tensors."""
+    return map_inputs(lambda a: tf.constant(a[start : start + count]), samples)
 
 
 def _samples(batch):

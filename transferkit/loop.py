@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from transferkit.distribution import Distribution
+from transferkit.several_inputs import first_input, map_inputs
 
 __all__ = ["DEFAULT_STEPS_PER_CALL", "DatasetLoop", "InMemoryLoop"]
 
@@ -220,9 +221,9 @@ class InMemoryLoop(_Loop):
         super().__init__(
             model, steps_per_call=steps_per_call, distribution=distribution
         )
-        self.x = _tensor(x)
+        self.x = map_inputs(_tensor, x)  # One array, or one per input.
         self.views = views
-        self.rows = int(self.x.shape[0]) // views  # Samples per epoch.
+        self.rows = int(first_input(self.x).shape[0]) // views  # Samples per epoch.
         # A label (and weight) for every row.
         self.per_sample = tuple(
             _tile(_tensor(values), views)
@@ -237,14 +238,17 @@ class InMemoryLoop(_Loop):
         self.validation: tuple[tf.Tensor, ...] | None = None
         self.validation_steps = 0
         if validation is not None:
-            self.validation = tuple(_tensor(values) for values in validation)
-            self.validation_steps = self._steps(int(self.validation[0].shape[0]))
+            self.validation = tuple(map_inputs(_tensor, v) for v in validation)
+            rows = int(first_input(self.validation[0]).shape[0])
+            self.validation_steps = self._steps(rows)
         # Keras builds the optimizer and metrics while tracing `fit`'s step;
         # inside this loop's `tf.while_loop` no variable may be created, so
         # build them first, as `fit` does under a distribution strategy.
         with self.distribution.scope():
             model._symbolic_build(
-                data_batch=tuple(t[:1] for t in (self.x, *self.per_sample))
+                data_batch=tuple(
+                    map_inputs(lambda t: t[:1], t) for t in (self.x, *self.per_sample)
+                )
             )
         self._train, self._test = self._functions(
             self._step_calls(model.train_step, ordered=True),
@@ -298,7 +302,7 @@ class InMemoryLoop(_Loop):
 
         def steps(first, count, *tensors):
             order, data = (tensors[0], tensors[1:]) if ordered else (None, tensors)
-            size = tf.shape(data[0] if order is None else order)[0]
+            size = tf.shape(first_input(data[0]) if order is None else order)[0]
             for index in tf.range(first, first + count):
                 start = tf.minimum(size, index * batch)
                 end = tf.minimum(size, start + batch)
@@ -306,7 +310,7 @@ class InMemoryLoop(_Loop):
                 if distributed:
                     self.distribution.strategy.run(replica_step, args=(rows, *data))
                 else:
-                    step(tuple(tf.gather(t, rows) for t in data))
+                    step(_gathered(data, rows))
             if distributed and ordered:
                 self._after_call()
 
@@ -322,7 +326,7 @@ class InMemoryLoop(_Loop):
         count, replicas = tf.shape(rows)[0], self.distribution.local_replicas
         mine = rows[local * count // replicas : (local + 1) * count // replicas]
         with tf.device(self.distribution.host):
-            return tuple(tf.gather(t, mine) for t in data)
+            return _gathered(data, mine)
 
 
 class DatasetLoop(_Loop):
@@ -422,6 +426,12 @@ def _one_of(spec):
     """One sample of zeros shaped by a dataset's `element_spec`, to build a
     model's optimizer and metrics before training."""
     return tf.nest.map_structure(lambda s: tf.zeros([1, *s.shape[1:]], s.dtype), spec)
+
+
+def _gathered(data: tuple, rows: tf.Tensor) -> tuple:
+    """The `rows` of every tensor of `data` (samples, one tensor or one per
+    input; labels; weights)."""
+    return tuple(map_inputs(lambda t: tf.gather(t, rows), values) for values in data)
 
 
 def _int(value: int) -> tf.Tensor:

@@ -37,6 +37,7 @@ from transferkit.phase_callbacks import (
     PhaseCallbacks,
     StopAfterEpoch,
 )
+from transferkit.several_inputs import map_inputs
 from transferkit.training_data import PhaseData
 
 __all__ = [
@@ -364,7 +365,7 @@ def _shard(data: PhaseData | None, options: TrainingOptions) -> PhaseData | None
     weights = data.sample_weight
     return dataclasses.replace(
         data,
-        x=distribution.shard(data.x),
+        x=map_inputs(distribution.shard, data.x),
         y=distribution.shard(data.y),
         sample_weight=None if weights is None else distribution.shard(weights),
     )

@@ -38,6 +38,12 @@ from transferkit.sample_weights import (
     dataset_class_counts,
     weights_of_labels,
 )
+from transferkit.several_inputs import (
+    first_input,
+    inputs_sha256,
+    is_nested,
+    prepare_inputs,
+)
 
 __all__ = [
     "Data",
@@ -102,6 +108,8 @@ class PhaseData:
         training data's only): 0.15 s for 60,000 MNIST digits in float32."""
         if self.is_dataset:
             return None
+        if not isinstance(self.x, np.ndarray | tf.Tensor):
+            return inputs_sha256(self.x)
         array = np.ascontiguousarray(self.x)
         digest = hashlib.sha256(memoryview(array).cast("B"))
         digest.update(f"{array.dtype.str}{array.shape}".encode())
@@ -149,7 +157,7 @@ class PhaseData:
             return self
         dataset = tf.data.Dataset.from_tensor_slices(self.arrays)
         if shuffle:
-            dataset = dataset.shuffle(len(self.x), reshuffle_each_iteration=True)
+            dataset = dataset.shuffle(self.samples, reshuffle_each_iteration=True)
         return dataclasses.replace(self, x=dataset.batch(self.batch_size), y=None)
 
 
@@ -220,34 +228,47 @@ def _from_arrays(
             "(x, y, sample_weight) tuple or a batched tf.data.Dataset. "
             f"Received: {_kind(data)}"
         )
-    x = _numbers(x, f"`{argument}` (x)", "samples")
+    x, samples = _samples_of(x, argument, model)
     y = _numbers(y, f"`{argument}` (y)", "labels")
-    if len(x) != len(y):
+    if samples != len(y):
         raise ValueError(
             f"Expected x and y of the same length in `{argument}`. "
-            f"Received: len(x)={len(x)}, len(y)={len(y)}"
+            f"Received: len(x)={samples}, len(y)={len(y)}"
         )
-    if len(x) == 0:
+    if samples == 0:
         raise ValueError(
             f"Expected at least one sample in `{argument}`. Received: x of "
-            f"shape {tuple(np.shape(x))}"
+            f"shape {tuple(np.shape(first_input(x)))}"
         )
-    _ensure_built(model, tuple(np.shape(x)[1:]))
-    shape = tuple(np.shape(x)[1:])
-    check_sample_shape(shape, model, argument, _reshape_hint(model))
     if check_finite:
         origin = data.indices if isinstance(data, ClassSubset) else None
-        require_finite(x, f"`{argument}` (x)", origin)
+        for index, values in enumerate(tf.nest.flatten(x)):
+            require_finite(values, f"`{argument}` (x, array {index})", origin)
         require_finite(y, f"`{argument}` (y)", origin)
     return PhaseData(
         x=x,
         y=_prepare_labels(y, argument, model, loss),
-        samples=len(x),
+        samples=samples,
         classes=classes,
         batch_size=batch_size,
         labels_sha256=hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest(),
         **_array_weights(weights, class_weight, y, argument, model),
     )
+
+
+def _samples_of(x, argument, model) -> tuple[Any, int]:
+    """`(x, samples)`: one array checked against the model's input, or one
+    array per input (`transferkit.several_inputs`)."""
+    if is_nested(x, model):
+        return prepare_inputs(
+            x, model, argument, lambda v, what: _numbers(v, what, "samples")
+        )
+    x = _numbers(x, f"`{argument}` (x)", "samples")
+    if len(x):
+        _ensure_built(model, tuple(np.shape(x)[1:]))
+        shape = tuple(np.shape(x)[1:])
+        check_sample_shape(shape, model, argument, _reshape_hint(model))
+    return x, len(x)
 
 
 def _kind(data) -> str:
