@@ -17,7 +17,7 @@ from typing import Any
 import keras
 
 from transferkit import model_tree
-from transferkit.layer_group import LayerGroup, check_groups
+from transferkit.layer_group import GroupedSequential, LayerGroup, check_groups
 
 __all__ = ["attach_groups", "group_paths", "groups_of"]
 
@@ -37,16 +37,28 @@ def groups_of(model: Any) -> Mapping[str, LayerGroup] | None:
     return groups if isinstance(groups, Mapping) else None
 
 
-def attach_groups(model: keras.Model, groups: Sequence[LayerGroup]) -> None:
-    """Gives `model` the `groups`, to be trained in place.
+def attach_groups(
+    model: keras.Model, groups: Sequence[LayerGroup], check_model=None
+) -> None:
+    """Gives `model` the `groups`, to be trained in place; `check_model`
+    first checks a `model` that is no Keras model.
 
     Raises:
         TypeError: if `groups` is not a list of `LayerGroup`s.
-        ValueError: naming the group and layer, if a group's layer is not in
+        ValueError: for a model composed from groups (it holds its own), or,
+            naming the group and layer, if a group's layer is not in
             `model`, a layer is in two groups, or the groups leave out a
             layer that has weights (it would be trained in no group's name,
             and never be frozen).
     """
+    if isinstance(model, GroupedSequential):
+        raise ValueError(
+            f"Model '{model.name}' is composed from groups and holds them "
+            f"({list(model.groups)}); `groups=` is for a model trained in place. "
+            "Pass one or the other."
+        )
+    if not isinstance(model, keras.Model) and check_model is not None:
+        check_model(model)
     if isinstance(groups, LayerGroup) or not isinstance(groups, Sequence):
         raise TypeError(
             "Expected `groups` to be a list of `LayerGroup`s cut from the model, "

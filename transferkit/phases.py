@@ -113,20 +113,10 @@ class Phases:
             data, validation_data, steps_per_epoch, class_weight
         )
         phase_optimizer = self._make_optimizer(optimizer, multipliers)
-        spec = phase_spec(
-            kind=kind,
-            name=name,
-            epochs=epochs,
-            freeze=freeze,
-            data=train,
-            optimizer=phase_optimizer,
-            loss=self._loss,
-            precision=self._policy,
-            lr_multipliers=multipliers,
-            backbone_batch_norm=backbone_batch_norm,
-            augmented_views=self._training_options.augmented_views,
-            lora=ranks,
-        )
+        spec = self._spec(
+            kind, name, epochs, freeze, train, phase_optimizer, multipliers,
+            backbone_batch_norm, ranks,
+        )  # fmt: skip
         record = self._state.recorded_phase(len(self._results), spec)
         if record is not None and record.result is not None:
             return self._replay(record, freeze)
@@ -164,6 +154,26 @@ class Phases:
             raise replacement from None
         self._results.append(result)
         return result
+
+    def _spec(
+        self, kind, name, epochs, freeze, train, optimizer, multipliers,
+        backbone_batch_norm, ranks,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The phase's entry in the plan (`transferkit.plan.phase_spec`)."""
+        return phase_spec(
+            kind=kind,
+            name=name,
+            epochs=epochs,
+            freeze=freeze,
+            data=train,
+            optimizer=optimizer,
+            loss=self._loss,
+            precision=self._policy,
+            lr_multipliers=multipliers,
+            backbone_batch_norm=backbone_batch_norm,
+            augmented_views=self._training_options.augmented_views,
+            lora=ranks,
+        )
 
     def _attempt(
         self, record, train, validation, optimizer, callbacks, verbose, elapsed

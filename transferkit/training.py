@@ -208,9 +208,7 @@ def train_phase(
             if loop is not None:
                 loop.fit(**epochs_from, callbacks=phase_callbacks)
             else:
-                if has_own_fit(trainer):
-                    train, validation = _batched(train, validation)
-                fit_data = _fit_data(train, validation, cache, verbose)
+                fit_data = _fit_data(train, validation, cache, verbose, trainer)
                 trainer.fit(**fit_data, **epochs_from, callbacks=phase_callbacks)
     finally:
         if cache is not None:
@@ -495,9 +493,11 @@ def _batched(train, validation):
     return batched(train, True), batched(validation, False)
 
 
-def _fit_data(train, validation, cache, verbose) -> dict[str, Any]:
+def _fit_data(train, validation, cache, verbose, trainer) -> dict[str, Any]:
     """`fit`'s data arguments (and `verbose`): the phase's data, or the
     cache's features."""
+    if cache is None and has_own_fit(trainer):
+        train, validation = _batched(train, validation)
     if cache is None:
         return {
             "x": train.x,

@@ -25,7 +25,7 @@ from transferkit.arguments import (
     require_seed,
 )
 from transferkit.distribution import Distribution
-from transferkit.layer_group import GroupedSequential, LayerGroup
+from transferkit.layer_group import LayerGroup
 from transferkit.model_groups import attach_groups, groups_of
 from transferkit.optimizers import OptimizerSpec, check_optimizer_spec
 from transferkit.phase_result import PhaseResult
@@ -241,7 +241,7 @@ class TransferRun(Phases, RunTools):
         groups: Sequence[LayerGroup] | None = None,
     ):
         if groups is not None:
-            _attach(model, groups)
+            attach_groups(model, groups, check_model)
         check_model(model)
         if class_names is not None:
             model.class_names = class_names
@@ -475,12 +475,9 @@ class TransferRun(Phases, RunTools):
                 `"balanced"`: `n / (k * n_c)` from the training labels. Not
                 with sample weights in the data. Defaults to `None`.
             lora: `{group: rank}`: adapt those groups with LoRA instead of
-                training them (`transferkit.lora`): Keras' `enable_lora` on
-                each Dense, EinsumDense, Embedding and Conv layer of the group,
-                every other variable of it frozen; the freeze proof covers
-                the base weights, and at the phase's end the adapters are
-                folded into the kernels. A group without an adaptable layer
-                kernel (DepthwiseConv2D) is refused. Defaults to `None`.
+                training them, their base weights proven unchanged and the
+                adapters merged at the phase's end (`transferkit.lora`).
+                Defaults to `None`.
 
         Returns:
             The phase's `PhaseResult`, also appended to `results`.
@@ -571,20 +568,6 @@ class TransferRun(Phases, RunTools):
             lora=lora,
             freeze=groups,
         )
-
-
-def _attach(model, groups) -> None:
-    """Gives a model that does not hold groups (any but a `GroupedSequential`)
-    the `groups` to train it in place with."""
-    if isinstance(model, GroupedSequential):
-        raise ValueError(
-            f"Model '{model.name}' is composed from groups and holds them "
-            f"({list(model.groups)}); `groups=` is for a model trained in place. "
-            "Pass one or the other."
-        )
-    if not isinstance(model, keras.Model):
-        check_model(model)
-    attach_groups(model, groups)
 
 
 def _distribution(strategy, model, batch_size: int, training_loop: str):
