@@ -85,6 +85,20 @@ def fine_tune_checked(run, data, epochs=2):
     return result
 
 
+def in_place_run(model, groups, **kwargs):
+    """A quiet run of `model` in place with `groups` (Adam at 0.01, sparse
+    labels); `kwargs` add to or override those settings."""
+    from transferkit import TransferRun
+
+    settings = {
+        "optimizer": keras.optimizers.Adam(0.01),
+        "loss": "sparse_categorical_crossentropy",
+        "verbose": 0,
+        **kwargs,
+    }
+    return TransferRun(model, groups=groups, **settings)
+
+
 def tiny_run(directory=None, **kwargs):
     """A quiet `TransferRun` of the tiny model with Adam, batches of 16."""
     from transferkit import TransferRun

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import in_place_run
 
 from transferkit import LayerGroup, TransferRun, model_tree
 from transferkit.model_groups import group_paths
@@ -44,14 +45,7 @@ def values(variables):
 
 
 def run_of(model, groups, **kwargs):
-    return TransferRun(
-        model,
-        groups=groups,
-        optimizer=keras.optimizers.Adam(0.01),
-        loss="sparse_categorical_crossentropy",
-        verbose=0,
-        **kwargs,
-    )
+    return in_place_run(model, groups, **kwargs)
 
 
 def test_a_vit_task_trains_in_place_with_its_lower_blocks_frozen_bitwise():
@@ -181,14 +175,7 @@ def test_groups_by_pattern_number_the_blocks_and_keep_layers_without_weights():
 
 
 def test_a_bert_backbone_refuses_composition_in_the_librarys_words():
-    bert = keras_hub.models.BertBackbone(
-        vocabulary_size=20,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=8,
-        intermediate_dim=16,
-        max_sequence_length=6,
-    )
+    bert = tiny_bert()
     bottom, top = LayerGroup.split(bert, at="transformer_layer_0", names=["a", "b"])
     with pytest.raises(ValueError, match=r"takes 3 inputs .* Train the model in place"):
         bottom + top

@@ -4,9 +4,9 @@ merged at the phase's end, resumed bitwise, and refusals by name."""
 import keras
 import numpy as np
 import pytest
-from conftest import Crash, CrashAfterEpoch
+from conftest import Crash, CrashAfterEpoch, in_place_run
 
-from transferkit import LayerGroup, TransferRun
+from transferkit import LayerGroup
 
 x_data = np.random.default_rng(0).normal(size=(48, 6)).astype("float32")
 y_data = np.arange(48) % 3
@@ -27,16 +27,7 @@ def dense_model():
 
 
 def run_of(model, groups, **kwargs):
-    return TransferRun(
-        model,
-        groups=groups,
-        optimizer=keras.optimizers.Adam(0.01),
-        loss="sparse_categorical_crossentropy",
-        batch_size=16,
-        verbose=0,
-        seed=0,
-        **kwargs,
-    )
+    return in_place_run(model, groups, batch_size=16, seed=0, **kwargs)
 
 
 class Peek(keras.callbacks.Callback):

@@ -242,8 +242,10 @@ def _from_arrays(
         )
     if check_finite:
         origin = data.indices if isinstance(data, ClassSubset) else None
-        for index, values in enumerate(tf.nest.flatten(x)):
-            require_finite(values, f"`{argument}` (x, array {index})", origin)
+        arrays = tf.nest.flatten(x)
+        for index, values in enumerate(arrays):
+            where = f" (array {index})" if len(arrays) > 1 else ""
+            require_finite(values, f"`{argument}` (x){where}", origin)
         require_finite(y, f"`{argument}` (y)", origin)
     return PhaseData(
         x=x,
