@@ -9,7 +9,7 @@ stages start from the same weights and train the same top blocks on the
 shipped digits 5-9; the figures are steady epochs (the first, with its
 trace and the cache, apart) and the accuracy each reaches.
 
-    python benchmarks/vit_cache.py [--epochs 3] [--blocks 6] [--frozen 4]
+    python benchmarks/vit_cache.py [--epochs 3] [--blocks 8] [--frozen 6]
 
 Needs keras-hub (`pip install 'transferkit[hub]'`).
 """
@@ -100,8 +100,8 @@ def stage(weights, args, data, cache: bool):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--blocks", type=int, default=6)
-    parser.add_argument("--frozen", type=int, default=4)
+    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--frozen", type=int, default=6)
     args = parser.parse_args()
     keras.utils.set_random_seed(0)
     data = mnist.load_sample()
