@@ -218,8 +218,8 @@ class LayerGroup(Sequence):
             ValueError: naming the path, for a layer that is not there.
         """
         groups = [
-            (name, [find_layer(model, path, "paths") for path in layer_paths])
-            for name, layer_paths in paths.items()
+            (name, [find_layer(model, path, "paths") for path in members])
+            for name, members in paths.items()
         ]
         leaves = [layer for _, layers in groups for layer in layers]
         return cls._of_model(model, groups, leaves)
