@@ -18,7 +18,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +39,7 @@ def child(args) -> dict:
     """One way, in this process: pretrain and save, or transfer and measure."""
     import keras
     import vit_digits
+    from timing import EpochTimes
 
     keras.utils.set_random_seed(0)
     options = vit_digits.parse_args(
@@ -58,26 +58,20 @@ def child(args) -> dict:
     phase = {"freeze": way["freeze"]}
     if args.way == "lora":
         phase["lora"] = dict.fromkeys(way["lora"], args.rank)
-    times = []
-
-    class Clock(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.started)
+    clock = EpochTimes()
 
     result = run.fine_tune(
         high,
         epochs=args.epochs,
         validation_data=high_test,
-        callbacks=[Clock()],
+        callbacks=[clock],
         **phase,
     )
+    steady = clock.times[1:]  # The first epoch traces.
     return {
         "trainable_params": result.trainable_params,
-        "first_epoch_s": times[0],
-        "steady_epoch_s": sorted(times[1:])[len(times[1:]) // 2] if times[1:] else None,
+        "first_epoch_s": clock.times[0],
+        "steady_epoch_s": sorted(steady)[len(steady) // 2] if steady else None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "accuracy": result.metrics["accuracy"],
         "frozen_unchanged": result.frozen_unchanged,

@@ -17,12 +17,12 @@ Needs keras-hub (`pip install 'transferkit[hub]'`).
 from __future__ import annotations
 
 import argparse
-import time
 
 import keras
 import keras_hub
 import numpy as np
 from machine import cpu_line
+from timing import EpochTimes
 
 from transferkit import LayerGroup, TransferRun, mnist, split_classes
 
@@ -67,14 +67,7 @@ def composed_vit(blocks: int, frozen: int, hidden: int = 32) -> keras.Model:
 def stage(weights, args, data, cache: bool):
     model = composed_vit(args.blocks, args.frozen)
     model.set_weights(weights)
-    times = []
-
-    class Clock(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.started)
+    clock = EpochTimes()
 
     run = TransferRun(
         model,
@@ -92,9 +85,9 @@ def stage(weights, args, data, cache: bool):
         freeze="bottom",
         epochs=args.epochs,
         validation_data=high_test,
-        callbacks=[Clock()],
+        callbacks=[clock],
     )
-    return result, times
+    return result, clock.times
 
 
 def main() -> None:
