@@ -298,12 +298,7 @@ def _cut(
         plan = _cut(model, prefix, end, f"{reason}; {note}", code)
         return dataclasses.replace(plan, code="inside_layer") if plan.layers else plan
     last = prefix[end - 1]
-    index, backbone = next(
-        (i, layer)
-        for i, layer in enumerate(outer)
-        if layer is last
-        or (isinstance(layer, keras.Model) and any(x is last for x in layer.layers))
-    )
+    index, backbone = _holder(outer, last)
     inner = list(backbone.layers) if backbone is not last else [last]
     position = next(j for j, layer in enumerate(inner) if layer is last)
     if position == len(inner) - 1:  # After a layer of the model, or a whole backbone.
@@ -356,17 +351,27 @@ def _cut(
     )
 
 
+def _holder(outer, layer) -> tuple[int, keras.Layer] | None:
+    """`(i, outer[i])` where `outer[i]` is `layer`, or a backbone whose own
+    layers hold it; `None` when `layer` is deeper (inside a layer)."""
+    return next(
+        (
+            (i, x)
+            for i, x in enumerate(outer)
+            if layer is x
+            or (isinstance(x, keras.Model) and any(layer is y for y in x.layers))
+        ),
+        None,
+    )
+
+
 def _inside_layer(outer, prefix, end):
     """`(end, name)`: where the cached prefix must end instead of `end`, and
     the layer it stops before, when `prefix[end - 1]` is held inside a layer
     rather than by the model or a backbone in it; else `None`."""
 
     def placed(layer):
-        return any(
-            layer is x
-            or (isinstance(x, keras.Model) and any(layer is y for y in x.layers))
-            for x in outer
-        )
+        return _holder(outer, layer) is not None
 
     if placed(prefix[end - 1]):
         return None

@@ -47,7 +47,6 @@ def digest(groups: Iterable[LayerGroup]) -> dict[str, list[str]]:
     """
     digests: dict[str, list[str]] = {}
     for group in groups:
-        digests[group.name] = []
         digests[group.name] = [_sha(variable) for variable in group.variables]
     return digests
 
@@ -62,29 +61,16 @@ def held_variables(
     the layer's position in the model's tree and the variable's name
     (`"1/2/0/kernel"`), which another process building the same model
     gives the same key, whatever names Keras numbered its layers with."""
-    extra = list(extra)
-    owners = {}
-    for group in groups:
-        for top in group:
-            for layer in (top, *(x for _, x in model_tree.walk(top))):
-                for variable in model_tree.own_variables(layer):
-                    owners[id(variable)] = layer
+    where = model_tree.positions(model)
+    extra = {id(variable) for variable in extra}
     held = {}
     for group in groups:
-        for top in group:
-            for layer in (top, *(x for _, x in model_tree.walk(top))):
-                if not layer.trainable:
-                    for variable in model_tree.own_variables(layer):
-                        held[_key(model, layer, variable)] = variable
-    for variable in extra:
-        layer = owners[id(variable)]
-        held[_key(model, layer, variable)] = variable
+        for layer in model_tree.layers_under(group):
+            for variable in model_tree.own_variables(layer):
+                if not layer.trainable or id(variable) in extra:
+                    position = "/".join(map(str, where[id(layer)]))
+                    held[f"{position}/{variable.name}"] = variable
     return held
-
-
-def _key(model, layer, variable) -> str:
-    position = "/".join(str(i) for i in model_tree.position(model, layer))
-    return f"{position}/{variable.name}"
 
 
 def digest_held(held: Mapping[str, keras.Variable]) -> dict[str, str]:

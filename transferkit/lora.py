@@ -86,14 +86,6 @@ class Adaptation:
     """The variables frozen for the phase: every base weight of the adapted
     groups (the adapted kernels included)."""
 
-    def base_variables(self) -> list[keras.Variable]:
-        return list(self.frozen)
-
-    def adapters(self) -> list[keras.Variable]:
-        return [
-            getattr(layer, name) for layer in self.layers for name in _names(layer)[2:]
-        ]
-
 
 def adapt(groups: Sequence, ranks: Mapping[str, int]) -> Adaptation:
     """Adds rank-`ranks[group]` adapters to every adaptable layer of each
@@ -109,7 +101,7 @@ def adapt(groups: Sequence, ranks: Mapping[str, int]) -> Adaptation:
         (layer, ranks[group.name])
         for group in groups
         if group.name in ranks
-        for layer in _layers_of(group)
+        for layer in model_tree.layers_under(group)
     ]
     for layer, rank in plan:
         _check_adaptable(layer, rank)
@@ -160,17 +152,6 @@ def merge(adaptation: Adaptation) -> bool:
     adaptation.layers.clear()
     adaptation.frozen.clear()
     return merged
-
-
-def _layers_of(group) -> list:
-    """Every layer under the group's layers, each once."""
-    seen, layers = set(), []
-    for top in group:
-        for layer in (top, *(x for _, x in model_tree.walk(top))):
-            if id(layer) not in seen:
-                seen.add(id(layer))
-                layers.append(layer)
-    return layers
 
 
 def _adaptable(layer) -> bool:

@@ -27,8 +27,10 @@ __all__ = [
     "children",
     "find_layer",
     "layer_paths",
+    "layers_under",
     "own_variables",
     "position",
+    "positions",
     "walk",
 ]
 
@@ -93,23 +95,45 @@ def matching(model: keras.Layer, pattern: str) -> list[tuple[str, keras.Layer]]:
     return [(p, layer) for p, layer in walk(model) if compiled.fullmatch(p)]
 
 
-def position(model: keras.Layer, layer: keras.Layer) -> list[int]:
-    """Where `layer` is under `model`, as the index of each layer on the way
-    down among its parent's `children`: a path that does not depend on the
-    names Keras numbers per process (`dense_3`)."""
+def positions(model: keras.Layer) -> dict[int, list[int]]:
+    """Where every layer under `model` is, by the layer's `id`: the index of
+    each layer on the way down among its parent's `children`, a path that
+    does not depend on the names Keras numbers per process (`dense_3`). A
+    layer held twice is placed where the walk meets it first."""
+    found: dict[int, list[int]] = {}
 
-    def search(parent, trail):
+    def visit(parent, trail):
         for index, child in enumerate(children(parent)):
-            if child is layer:
-                return [*trail, index]
-            found = search(child, [*trail, index])
-            if found is not None:
-                return found
-        return None
+            if id(child) not in found:
+                found[id(child)] = [*trail, index]
+                visit(child, [*trail, index])
 
-    found = search(model, [])
+    visit(model, [])
+    return found
+
+
+def position(model: keras.Layer, layer: keras.Layer) -> list[int]:
+    """Where `layer` is under `model` (see `positions`).
+
+    Raises:
+        ValueError: if `layer` is not under `model`.
+    """
+    found = positions(model).get(id(layer))
     if found is None:
         raise ValueError(f"Layer '{layer.name}' is not in model '{model.name}'.")
+    return found
+
+
+def layers_under(layers) -> list[keras.Layer]:
+    """Every layer of `layers` and every layer they hold, each once, in the
+    walk's order."""
+    seen: set[int] = set()
+    found = []
+    for top in layers:
+        for layer in (top, *(x for _, x in walk(top))):
+            if id(layer) not in seen:
+                seen.add(id(layer))
+                found.append(layer)
     return found
 
 

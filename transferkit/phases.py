@@ -203,7 +203,7 @@ class Phases:
     def _held(self, frozen, adaptation) -> dict[str, keras.Variable]:
         """The variables held still inside the groups the phase trains."""
         trained = [g for g in groups_of(self._model).values() if g not in frozen]
-        return held_variables(self._model, trained, adaptation.base_variables())
+        return held_variables(self._model, trained, adaptation.frozen)
 
     def _failed(self, error: BaseException) -> BaseException:
         """What a failed phase raises, once the run has gone back to what it

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from transferkit.dataset_checks import shape_fits
@@ -130,8 +131,6 @@ def _name(key) -> str:
 
 def inputs_sha256(x: Any) -> str:
     """SHA-256 of every array's bytes, dtype and shape, with its key."""
-    import numpy as np
-
     digest = hashlib.sha256()
     for key, value in _items(x):
         array = np.ascontiguousarray(value)
