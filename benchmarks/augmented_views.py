@@ -10,7 +10,7 @@ measures both on real images, each variant in its own process:
 - "Keras guide": `base.trainable = False`, `base(x, training=False)` behind
   the augmentation layers, `fit` with validation every epoch;
 - "transferkit, K views": the same layers as groups, the backbone frozen,
-  `TransferRun(..., augmented_views=K)`, `fine_tune` with validation.
+  `fine_tune(..., augmented_views=K)` with validation.
 
 Images: MNIST digits (the `--data` file in Keras' `mnist.npz` layout, else
 the digits that ship with transferkit), resized to `--size` pixels, grey as
@@ -49,7 +49,8 @@ def images(args: argparse.Namespace, digits: range):
     import numpy as np
     import tensorflow as tf
 
-    from transferkit import mnist, split_classes
+    from transferkit import split_classes
+    from transferkit.datasets import mnist
 
     data = mnist.load(args.data) if args.data else mnist.load_sample()
 
@@ -156,10 +157,13 @@ def run_variant(args: argparse.Namespace) -> dict:
         metrics=["accuracy"],
         batch_size=args.batch_size,
         verbose=0,
-        augmented_views=int(args.variant),
     )
     result = run.fine_tune(
-        (x, y), freeze="backbone", epochs=args.epochs, validation_data=(x_test, y_test)
+        (x, y),
+        freeze="backbone",
+        epochs=args.epochs,
+        validation_data=(x_test, y_test),
+        augmented_views=int(args.variant),
     )
     return {
         "seconds": result.seconds,

@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from transferkit import Speed
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CUTS = {
@@ -86,7 +88,7 @@ def run_variant(args: argparse.Namespace) -> dict:
         loss="sparse_categorical_crossentropy",
         batch_size=args.batch_size,
         verbose=0,
-        feature_cache=args.variant != "top_uncached",
+        speed=Speed(feature_cache=args.variant != "top_uncached"),
     )
     frozen = ["bottom", "top"] if args.variant == "head" else ["bottom"]
     result = run.fine_tune((x, y), freeze=frozen, epochs=args.epochs)

@@ -5,7 +5,7 @@ folders in a temporary folder, loads them with
 `keras.utils.image_dataset_from_directory`, and times, in one process:
 
 - the checks a phase runs on a dataset before training
-  (`transferkit.training_data.prepare_data`: element spec, first batch,
+  (`transferkit.data.prepare.prepare_data`: element spec, first batch,
   class names), median of `--repeats`;
 - one phase that trains a small head on a frozen MobileNetV2 (alpha 0.35),
   uncached, on that dataset.
@@ -49,7 +49,7 @@ def main(argv=None) -> str:
     from keras import layers
 
     from transferkit import LayerGroup, TransferRun
-    from transferkit.training_data import prepare_data
+    from transferkit.data.prepare import prepare_data
 
     with tempfile.TemporaryDirectory() as folder:
         write_folder(Path(folder), args.samples, args.size)

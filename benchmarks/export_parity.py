@@ -75,7 +75,8 @@ def test_digits(model: str, args):
     import numpy as np
     import tensorflow as tf
 
-    from transferkit import mnist, split_classes
+    from transferkit import split_classes
+    from transferkit.datasets import mnist
 
     data = mnist.load(args.data) if args.data else mnist.load_sample()
     if model == "cnn":
@@ -89,7 +90,7 @@ def test_digits(model: str, args):
 
 def measure(model_name: str, folder: Path, args) -> list[str]:
     from transferkit import export
-    from transferkit.predictions import load_trained_model
+    from transferkit.run_folder.loading import load_trained_model
 
     train(model_name, folder / "run", args)
     model = load_trained_model(folder / "run")

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from transferkit import Speed
+
 REFUSED = 3
 """The exit status of a child whose folder another process holds."""
 
@@ -35,7 +37,7 @@ def child(folder: str) -> None:
     from keras import layers
 
     from transferkit import LayerGroup, TransferRun
-    from transferkit.epoch_guard import non_finite_variables
+    from transferkit.engine.epoch_guard import non_finite_variables
     from transferkit.errors import FolderLockedError
 
     keras.utils.set_random_seed(0)
@@ -56,8 +58,8 @@ def child(folder: str) -> None:
             batch_size=64,
             verbose=0,
             directory=folder,
-            feature_cache_memory=0,
             seed=0,
+            speed=Speed(feature_cache_memory=0),
         )
     except FolderLockedError as error:
         print(json.dumps({"refused": str(error)}), flush=True)

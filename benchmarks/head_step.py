@@ -26,9 +26,9 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from transferkit.lean_step import lean_layers
-from transferkit.loop import InMemoryLoop
-from transferkit.optimizers import fuse_updates
+from transferkit.engine.loop import InMemoryLoop
+from transferkit.engine.optimizers import fuse_updates
+from transferkit.layers.lean import lean_layers
 
 BATCH = 128
 FEATURES = (12, 12, 32)
@@ -46,7 +46,7 @@ def global_policy(policy: str):
 
 def head(lean: bool, dtype: str) -> keras.Sequential:
     """The example's head on cached features; with `lean`, the layers that
-    a lean run trains (`transferkit.lean_step.lean_layers`)."""
+    a lean run trains (`transferkit.layers.lean.lean_layers`)."""
     body = [
         layers.Dropout(0.25),
         layers.Flatten(),

@@ -40,7 +40,8 @@ def digits(args):
     import numpy as np
     import tensorflow as tf
 
-    from transferkit import mnist, split_classes
+    from transferkit import split_classes
+    from transferkit.datasets import mnist
 
     data = mnist.load(args.data) if args.data else mnist.load_sample()
     (subset,) = split_classes(data.x_train, data.y_train, [range(5, 10)])

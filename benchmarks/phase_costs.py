@@ -21,6 +21,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from transferkit import Speed
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,10 +56,11 @@ def main(argv=None) -> str:
     sys.path.insert(0, str(ROOT / "examples"))
     import mnist_digits
 
-    from transferkit import TransferRun, mnist, split_classes
-    from transferkit.freeze_proof import digest
-    from transferkit.run_directory import RunDirectory
-    from transferkit.training_data import prepare_data
+    from transferkit import TransferRun, split_classes
+    from transferkit.data.prepare import prepare_data
+    from transferkit.datasets import mnist
+    from transferkit.phases.freeze_proof import digest
+    from transferkit.run_folder.directory import RunDirectory
 
     data = mnist.load(args.data) if args.data else mnist.load_sample()
     x = mnist_digits.to_model_input(data.x_train)
@@ -76,8 +79,7 @@ def main(argv=None) -> str:
             directory=folder,
             seed=0,
             precision=args.precision,
-            steps_per_execution=32,
-            lean_step=True,
+            speed=Speed(steps_per_execution=32, lean_step=True),
         )
         run.train(low, epochs=args.epochs, validation_data=low_test)
         epochs = Timings()

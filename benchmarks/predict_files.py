@@ -34,7 +34,7 @@ def write_folder(root: Path, args) -> Path:
     import numpy as np
     import tensorflow as tf
 
-    from transferkit import mnist
+    from transferkit.datasets import mnist
 
     data = mnist.load(args.data) if args.data else mnist.load_sample()
     written = 0
@@ -82,8 +82,8 @@ def main(argv=None) -> None:
     import keras
     import numpy as np
 
-    from transferkit.input_recipe import recipe_of_dataset
-    from transferkit.predictions import predict_files
+    from transferkit.data.input_recipe import recipe_of_dataset
+    from transferkit.serving.predictions import predict_files
 
     print(cpu_line())
     with tempfile.TemporaryDirectory() as folder:

@@ -174,7 +174,7 @@ def main(argv=None) -> str:
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        sample = importlib.resources.files("transferkit") / "data" / "mnist_sample.npz"
+        sample = importlib.resources.files("transferkit.datasets") / "mnist_sample.npz"
         with importlib.resources.as_file(sample) as sample_path:
             data = Path(args.data) if args.data else sample_path
             if args.synthesize:

@@ -130,7 +130,7 @@ def main(argv=None) -> str:
     args = parser.parse_args(argv)
     options = ["--fast"] if args.fast else []
 
-    sample = importlib.resources.files("transferkit") / "data" / "mnist_sample.npz"
+    sample = importlib.resources.files("transferkit.datasets") / "mnist_sample.npz"
     with (
         tempfile.TemporaryDirectory() as scratch,
         importlib.resources.as_file(sample) as sample_path,

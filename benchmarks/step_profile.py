@@ -36,8 +36,8 @@ sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "examples")]
 import head_step  # noqa: E402
 import mnist_digits  # noqa: E402
 
-from transferkit.lean_step import lean_layers  # noqa: E402
-from transferkit.precision import apply_precision  # noqa: E402
+from transferkit.layers.lean import lean_layers  # noqa: E402
+from transferkit.layers.precision import apply_precision  # noqa: E402
 
 IMAGE = (28, 28, 1)
 

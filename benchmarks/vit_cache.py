@@ -24,7 +24,8 @@ import numpy as np
 from machine import cpu_line
 from timing import EpochTimes
 
-from transferkit import LayerGroup, TransferRun, mnist, split_classes
+from transferkit import LayerGroup, Speed, TransferRun, split_classes
+from transferkit.datasets import mnist
 
 
 class AddPositions(keras.layers.Layer):
@@ -77,7 +78,7 @@ def stage(weights, args, data, cache: bool):
         batch_size=64,
         verbose=0,
         seed=0,
-        feature_cache=cache,
+        speed=Speed(feature_cache=cache),
     )
     high, high_test = data
     result = run.fine_tune(

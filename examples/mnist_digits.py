@@ -40,19 +40,18 @@ import keras
 import numpy as np
 from keras import layers
 
-from transferkit import LayerGroup, TransferRun, mnist, split_classes
-from transferkit.distribution import is_chief
-from transferkit.precision import PRECISIONS
-from transferkit.report import (
+from transferkit import LayerGroup, Speed, TransferRun, split_classes
+from transferkit.datasets import mnist
+from transferkit.records import (
     build_report,
-    confusion_matrix,
     ensure_writable,
     figures_line,
     format_phase,
     format_top_losses,
     write_report,
 )
-from transferkit.top_losses import top_losses
+from transferkit.run import PRECISIONS, is_chief
+from transferkit.serving import confusion_matrix, top_losses
 
 FAST_STEPS_PER_EXECUTION = 32
 STRATEGIES = ("none", "mirrored", "multi-worker")
@@ -307,10 +306,12 @@ def main(argv=None) -> dict:
         seed=args.seed,
         check_finite=args.check_finite,
         precision=args.precision,
-        feature_cache=args.feature_cache,
-        steps_per_execution=args.steps_per_execution,
-        lean_step=args.fast,
         strategy=strategy,
+        speed=Speed(
+            feature_cache=args.feature_cache,
+            steps_per_execution=args.steps_per_execution,
+            lean_step=args.fast,
+        ),
     )
     if run.precision != "float32":
         print(f"Precision: {run.precision} ({run.precision_reason}).", flush=True)

@@ -39,18 +39,24 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from transferkit import LayerGroup, PhaseResult, TransferRun, mnist, split_classes
-from transferkit.preprocessing import ImagenetPreprocessing
-from transferkit.report import (
+from transferkit import (
+    ImagenetPreprocessing,
+    LayerGroup,
+    PhaseResult,
+    Speed,
+    TransferRun,
+    split_classes,
+)
+from transferkit.datasets import mnist
+from transferkit.records import (
     build_report,
-    confusion_matrix,
     ensure_writable,
     figures_line,
     format_phase,
     format_top_losses,
     write_report,
 )
-from transferkit.top_losses import top_losses
+from transferkit.serving import confusion_matrix, top_losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,8 +377,11 @@ def main(argv=None) -> dict:
         verbose=args.verbose if args.verbose == "auto" else int(args.verbose),
         directory=args.out,
         seed=args.seed,
-        feature_cache=args.feature_cache,
-        cache_datasets=True,  # A folder's images, unaugmented, are the same each epoch.
+        speed=Speed(
+            feature_cache=args.feature_cache,
+            # A folder's images, unaugmented, are the same each epoch.
+            cache_datasets=True,
+        ),
     )
     for name, done, epochs, finished in run.saved_phases:
         state = "finished" if finished else f"resuming after epoch {done} of {epochs}"

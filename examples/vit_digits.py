@@ -31,8 +31,9 @@ import time
 import keras
 import numpy as np
 
-from transferkit import LayerGroup, TransferRun, mnist, split_classes
-from transferkit.schedules import layer_decay
+from transferkit import LayerGroup, TransferRun, attach_groups, split_classes
+from transferkit.datasets import mnist
+from transferkit.run import layer_decay
 
 TOP_BLOCKS = 2
 
@@ -89,8 +90,7 @@ def digits(preset: str | None, image_size: int, samples: int | None = None):
 
 def make_run(task, args) -> TransferRun:
     return TransferRun(
-        task,
-        groups=block_groups(task),
+        attach_groups(task, block_groups(task)),
         optimizer=keras.optimizers.Adam(args.learning_rate),
         # keras-hub's classifiers give logits (activation=None).
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -18,9 +18,10 @@ tf.config.set_logical_device_configuration(
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from tiny import IMAGE_SHAPE, NUM_CLASSES, make_data, make_model  # noqa: E402, F401
+from tiny import IMAGE_SHAPE, NUM_CLASSES, make_data, make_model, run_options  # noqa: E402, F401
 
-from transferkit import mnist  # noqa: E402
+from transferkit import attach_groups  # noqa: E402
+from transferkit.datasets import mnist  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -96,7 +97,7 @@ def in_place_run(model, groups, **kwargs):
         "verbose": 0,
         **kwargs,
     }
-    return TransferRun(model, groups=groups, **settings)
+    return TransferRun(attach_groups(model, groups), **run_options(settings))
 
 
 def tiny_run(directory=None, **kwargs):
@@ -110,7 +111,7 @@ def tiny_run(directory=None, **kwargs):
         batch_size=16,
         verbose=0,
         directory=directory,
-        **kwargs,
+        **run_options(kwargs),
     )
 
 

@@ -11,9 +11,9 @@ import tensorflow as tf
 from conftest import IMAGE_SHAPE, bitwise_equal, make_data, snapshot
 from keras import layers
 
-from transferkit import LayerGroup, TransferRun
-from transferkit.cache_plan import CODES, plan_cache
-from transferkit.layer_behaviour import (
+from transferkit import LayerGroup, Speed, TransferRun
+from transferkit.cache.plan import CODES, plan_cache
+from transferkit.groups.behaviour import (
     dataset_random_operations,
     training_behaviour,
     trains_nothing,
@@ -102,7 +102,7 @@ def test_an_augmenting_dataset_runs_uncached_and_says_why():
             optimizer="sgd",
             loss=SPARSE,
             verbose=0,
-            cache_datasets=cache_datasets,
+            speed=Speed(cache_datasets=cache_datasets),
         )
         results[cache_datasets] = run.fine_tune(dataset, freeze="features", epochs=1)
 
@@ -191,7 +191,7 @@ def test_a_cached_phase_behind_preprocessing_trains_as_the_uncached_one():
             loss=SPARSE,
             verbose=0,
             batch_size=24,
-            feature_cache=feature_cache,
+            speed=Speed(feature_cache=feature_cache),
         )
         frozen = snapshot(model.groups["features"].variables)
         result = run.fine_tune(data, freeze="features", epochs=2)
@@ -231,7 +231,7 @@ class Offset(layers.Layer):
 def test_augmented_views_hold_k_draws_and_each_epoch_takes_one_per_sample(
     memory_limit,
 ):
-    from transferkit.feature_cache import FeatureCache
+    from transferkit.cache.features import FeatureCache
 
     samples = np.arange(40, dtype="float32")[:, None]
     cache = FeatureCache(
@@ -268,10 +268,12 @@ def test_augmented_views_hold_k_draws_and_each_epoch_takes_one_per_sample(
 def test_augmented_views_cache_the_frozen_layers_behind_augmentation():
     data = make_data(samples=24)
     model = grouped([front("augment", layers.RandomFlip(name="flip"))])
-    run = TransferRun(model, optimizer="sgd", loss=SPARSE, verbose=0, augmented_views=3)
+    run = TransferRun(model, optimizer="sgd", loss=SPARSE, verbose=0)
     frozen = snapshot(model.groups["features"].variables)
 
-    result = run.fine_tune(data, freeze="features", epochs=2, validation_data=data)
+    result = run.fine_tune(
+        data, freeze="features", epochs=2, validation_data=data, augmented_views=3
+    )
 
     after = snapshot(model.groups["features"].variables)
     assert all(bitwise_equal(frozen[p], after[p]) for p in frozen)

@@ -10,8 +10,8 @@ import pytest
 from conftest import bitwise_equal
 from keras import layers
 
-from transferkit import LayerGroup, TransferRun
-from transferkit.cache_plan import plan_cache
+from transferkit import LayerGroup, Speed, TransferRun
+from transferkit.cache.plan import plan_cache
 
 SPARSE = "sparse_categorical_crossentropy"
 
@@ -254,7 +254,7 @@ def fine_tune_top(feature_cache, cut="block_12_add", **options):
         batch_size=8,
         verbose=0,
         seed=3,
-        feature_cache=feature_cache,
+        speed=Speed(feature_cache=feature_cache),
     )
     result = run.fine_tune(images(), freeze="bottom", epochs=1, **options)
     return model, result

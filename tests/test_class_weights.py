@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import image_folder, make_data, make_model
+from tiny import run_options
 
 from transferkit import TransferRun
-from transferkit.sample_weights import balanced_class_weight, class_weight_vector
-from transferkit.training_data import prepare_data
+from transferkit.data.prepare import prepare_data
+from transferkit.data.sample_weights import balanced_class_weight, class_weight_vector
 
 SPARSE = "sparse_categorical_crossentropy"
 WEIGHTS = {0: 4.0, 2: 0.25}  # Class 1 weighs 1.0, as in fit.
@@ -53,8 +54,7 @@ def transfer_run(loop="auto", **kwargs):
         loss=SPARSE,
         batch_size=48,
         verbose=0,
-        training_loop=loop,
-        **kwargs,
+        **run_options({"training_loop": loop, **kwargs}),
     )
 
 

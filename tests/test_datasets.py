@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from conftest import Batches, image_folder, make_data, make_model
 from keras import layers
+from tiny import run_options
 
 from transferkit import LayerGroup, TransferRun
 
@@ -30,7 +31,9 @@ def image_run(classes=5, loss=SPARSE, **kwargs):
         "features", [layers.Conv2D(4, 3), layers.Flatten()], input_shape=(12, 12, 3)
     )
     head = LayerGroup("classifier", [layers.Dense(classes, activation="softmax")])
-    return TransferRun(features + head, optimizer="sgd", loss=loss, verbose=0, **kwargs)
+    return TransferRun(
+        features + head, optimizer="sgd", loss=loss, verbose=0, **run_options(kwargs)
+    )
 
 
 @pytest.mark.parametrize("cache_datasets", [False, True])
@@ -113,7 +116,8 @@ def test_an_endless_dataset_needs_steps_per_epoch():
 def test_class_names_come_from_the_dataset_into_result_report_and_saved_model(
     folder, tmp_path
 ):
-    from transferkit.report import build_report, confusion_matrix, phase_rows
+    from transferkit.records.report import build_report, phase_rows
+    from transferkit.serving.evaluation import confusion_matrix
 
     run = image_run()
     dataset = load(folder)

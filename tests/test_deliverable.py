@@ -13,11 +13,13 @@ from conftest import image_folder, make_data, make_model
 from keras import layers
 
 from transferkit import ImagenetPreprocessing, LayerGroup, TransferRun, export
-from transferkit.__main__ import main
-from transferkit.exporting import ExportParityError, load_exported, metadata_path
-from transferkit.inference import predict
-from transferkit.input_recipe import InputRecipe, recipe_of_dataset
-from transferkit.predictions import load_trained_model, predict_files
+from transferkit.cli import main
+from transferkit.data.input_recipe import InputRecipe, recipe_of_dataset
+from transferkit.engine.inference import predict
+from transferkit.errors import ExportParityError
+from transferkit.run_folder.loading import load_trained_model
+from transferkit.serving.exporting import load_exported, metadata_path
+from transferkit.serving.predictions import predict_files
 
 
 def folder_dataset(root, **kwargs):

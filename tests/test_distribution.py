@@ -17,9 +17,10 @@ from conftest import (
     snapshot,
 )
 from keras import layers
+from tiny import run_options
 
 from transferkit import LayerGroup, TransferRun
-from transferkit.distribution import Distribution, local_values
+from transferkit.engine.distribution import Distribution, local_values
 
 SPARSE = "sparse_categorical_crossentropy"
 
@@ -45,7 +46,7 @@ def make_run(strategy, model=make_model, **kwargs):
         loss=SPARSE,
         metrics=["accuracy"],
         strategy=strategy,
-        **kwargs,
+        **run_options(kwargs),
     )
 
 
@@ -281,8 +282,8 @@ def test_a_backbone_fine_tunes_at_its_cut_on_two_replicas(strategy):
 
 def test_several_workers_leave_a_cache_too_large_for_memory_unbuilt():
     # Their loop trains from memory alone, so the phase runs uncached.
-    from transferkit.cache_plan import plan_cache
-    from transferkit.training import TrainingOptions, _shard, build_phase_cache
+    from transferkit.cache.plan import plan_cache
+    from transferkit.phases.training import TrainingOptions, _shard, build_phase_cache
 
     distribution = Distribution(None)
     distribution.workers = 2
@@ -296,7 +297,7 @@ def test_several_workers_leave_a_cache_too_large_for_memory_unbuilt():
     )
     model = make_model()
     run = TransferRun(model, optimizer="sgd", loss=SPARSE)
-    prepared = run._prepare(make_data(), "data")
+    prepared = run._runner.prepare(make_data(), "data")
     model.groups["features"].trainable = False
 
     cache, plan = build_phase_cache(

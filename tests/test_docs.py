@@ -6,7 +6,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from transferkit import mnist
+from transferkit.datasets import mnist
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"

@@ -12,9 +12,9 @@ import tensorflow as tf
 from conftest import Crash, CrashAfterEpoch, Epochs, make_data, tiny_run
 
 import transferkit
-from transferkit.epoch_guard import non_finite_variables
+from transferkit.engine.epoch_guard import non_finite_variables
 from transferkit.errors import NonFiniteError
-from transferkit.report import build_report, format_markdown
+from transferkit.records.report import build_report, format_markdown
 
 make_run = tiny_run
 

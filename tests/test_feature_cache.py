@@ -16,10 +16,11 @@ from conftest import (
     snapshot,
 )
 from keras import layers
+from tiny import run_options
 
 from transferkit import LayerGroup, TransferRun
-from transferkit.cache_plan import plan_cache
-from transferkit.feature_cache import FeatureCache, FeatureFile
+from transferkit.cache.features import FeatureCache, FeatureFile
+from transferkit.cache.plan import plan_cache
 
 SPARSE = "sparse_categorical_crossentropy"
 
@@ -35,7 +36,7 @@ def fine_tuned(model, data, *, epochs=3, batch_size=None, **kwargs):
         metrics=["accuracy"],
         batch_size=batch_size or len(data[0]),
         seed=7,
-        **kwargs,
+        **run_options(kwargs),
     )
     run.train(data, epochs=1)
     return run.fine_tune(data, freeze=["features"], epochs=epochs, validation_data=data)
@@ -244,7 +245,7 @@ def folder_run(path, **kwargs):
         optimizer=lambda: keras.optimizers.SGD(0.01),
         loss=SPARSE,
         verbose=0,
-        **kwargs,
+        **run_options(kwargs),
     )
     result = run.fine_tune(
         dataset, freeze="features", epochs=2, validation_data=dataset

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import make_model
 
-from transferkit.freeze_proof import changed_variables, count_params, digest
+from transferkit.phases.freeze_proof import changed_variables, count_params, digest
 
 
 @pytest.mark.parametrize("which", ["kernel", "moving_variance"])

@@ -8,9 +8,10 @@ import pytest
 import tensorflow as tf
 from conftest import in_place_run
 
-from transferkit import LayerGroup, TransferRun, model_tree
-from transferkit.model_groups import group_paths
-from transferkit.schedules import layer_decay
+from transferkit import LayerGroup, TransferRun, attach_groups
+from transferkit.groups import tree as model_tree
+from transferkit.groups.model_groups import group_paths
+from transferkit.run.schedules import layer_decay
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -260,8 +261,7 @@ def test_layer_decay_gives_each_block_its_own_rate_exactly():
         for v, g in zip(model.trainable_variables, gradients, strict=True)
     }
     run = TransferRun(
-        model,
-        groups=groups,
+        attach_groups(model, groups),
         optimizer=keras.optimizers.SGD(0.1),
         loss="mse",
         batch_size=8,

@@ -7,9 +7,10 @@ import pytest
 import tensorflow as tf
 from conftest import bitwise_equal, fine_tune_checked, make_data, make_model
 from keras import layers
+from tiny import run_options
 
 from transferkit import TransferRun
-from transferkit.lean_step import LeanDropout, LeanSoftmax, lean_layers
+from transferkit.layers.lean import LeanDropout, LeanSoftmax, lean_layers
 
 SPARSE = "sparse_categorical_crossentropy"
 
@@ -150,9 +151,8 @@ def lean_run(model, **kwargs):
         optimizer=lambda: keras.optimizers.Adadelta(1.0),
         loss=SPARSE,
         verbose=0,
-        lean_step=True,
         seed=5,
-        **kwargs,
+        **run_options({"lean_step": True, **kwargs}),
     )
 
 

@@ -16,6 +16,7 @@ from conftest import (
     make_model,
     snapshot,
 )
+from tiny import run_options
 
 from transferkit import TransferRun
 
@@ -30,8 +31,7 @@ def make_run(loop="auto", dropout=True, **kwargs):
         optimizer=lambda: keras.optimizers.SGD(0.05),
         loss=SPARSE,
         metrics=["accuracy"],
-        training_loop=loop,
-        **kwargs,
+        **run_options({"training_loop": loop, **kwargs}),
     )
 
 

@@ -8,9 +8,10 @@ import keras
 import numpy as np
 import pytest
 from conftest import bitwise_equal, make_data, make_model, snapshot
+from tiny import run_options
 
 from transferkit import TransferRun
-from transferkit.lr_finder import suggest_rate
+from transferkit.engine.lr_finder import suggest_rate
 
 
 def make_run(**kwargs):
@@ -23,7 +24,7 @@ def make_run(**kwargs):
         batch_size=16,
         verbose=0,
         seed=3,
-        **kwargs,
+        **run_options(kwargs),
     )
 
 
@@ -88,7 +89,7 @@ def test_a_kept_cache_serves_only_a_phase_with_the_same_layers_weights_and_data(
         run.unfreeze("features")
         assert "learning-rate sweep" not in result.cache, change
         assert result.cache_seconds > 0, change
-    assert run._kept_cache is None
+    assert run._runner.kept_cache is None
 
 
 def test_the_sweep_trains_only_what_the_phase_would_and_moves_it():
@@ -172,7 +173,7 @@ def test_the_sweep_runs_on_datasets_and_on_a_cache_on_disk(tmp_path, where):
     assert sweep.cache.startswith(expected)
     after = snapshot(run.model.variables)
     assert all(bitwise_equal(after[k], before[k]) for k in before)
-    assert run._kept_cache is None  # Only a cache in memory is kept.
+    assert run._runner.kept_cache is None  # Only a cache in memory is kept.
 
 
 def test_the_sweep_draws_its_figure(tmp_path):

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from transferkit import mnist
+from transferkit.datasets import mnist
 
 
 def idx_bytes(array):
@@ -42,10 +42,10 @@ def small(data, train=40, test=20):
 
 
 def test_the_shipped_sample_is_the_documented_file(sample):
-    resource = importlib.resources.files("transferkit") / "data" / mnist.SAMPLE_FILE
+    resource = importlib.resources.files("transferkit.datasets") / mnist.SAMPLE_FILE
     digest = hashlib.sha256(resource.read_bytes()).hexdigest()
     readme = (
-        importlib.resources.files("transferkit") / "data" / "README.md"
+        importlib.resources.files("transferkit.datasets") / "README.md"
     ).read_text()
     assert digest in readme
     assert sample.x_train.shape == (8000, 28, 28) and sample.x_train.dtype == np.uint8

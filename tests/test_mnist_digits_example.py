@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import load_script, shipped_digits
 
-from transferkit import mnist
+from transferkit.datasets import mnist
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "mnist_digits.py"
 
@@ -96,7 +96,7 @@ def test_fast_turns_on_every_speed_up_and_the_report_says_so(
     example, few_digits, monkeypatch
 ):
     monkeypatch.setattr(
-        "transferkit.precision.cpu_bfloat16_flags", lambda: ("avx512_bf16",)
+        "transferkit.layers.precision.cpu_bfloat16_flags", lambda: ("avx512_bf16",)
     )
     args = ["--data", str(few_digits), "--epochs", "1", "--verbose", "0"]
 

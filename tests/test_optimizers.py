@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from conftest import bitwise_equal
 
-from transferkit.optimizers import (
+from transferkit.engine.optimizers import (
     check_optimizer_spec,
     fresh_optimizer,
     fuse_updates,

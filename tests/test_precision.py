@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from conftest import fine_tune_checked, make_data, make_model
 
-from transferkit import TransferRun
-from transferkit import precision as precision_module
-from transferkit.precision import resolve_precision
+from transferkit import Speed, TransferRun
+from transferkit.layers import precision as precision_module
+from transferkit.layers.precision import resolve_precision
 
 SPARSE = "sparse_categorical_crossentropy"
 
@@ -35,7 +35,7 @@ def test_frozen_weights_stay_bitwise_unchanged_under_mixed_precision(feature_cac
         loss=SPARSE,
         verbose=0,
         precision="mixed_bfloat16",
-        feature_cache=feature_cache,
+        speed=Speed(feature_cache=feature_cache),
     )
     data = make_data()
     run.train(data, epochs=1)

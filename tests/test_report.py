@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import keras
@@ -11,20 +12,18 @@ import pytest
 from conftest import make_data, make_model
 
 from transferkit import ClassSubset, TransferRun
-from transferkit.__main__ import main as cli
-from transferkit._io import atomic_output
-from transferkit.report import (
+from transferkit.cli import main as cli
+from transferkit.errors import ReportError
+from transferkit.records.report import (
     SCHEMA_VERSION,
-    ReportError,
     build_report,
-    confusion_matrix,
-    ensure_writable,
     format_markdown,
     format_phase,
     load_report,
     write_report,
 )
-from transferkit.top_losses import top_losses
+from transferkit.serving.evaluation import confusion_matrix, top_losses
+from transferkit.utils.io import atomic_output, ensure_writable
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +134,7 @@ def test_without_matplotlib_the_report_says_why_figures_are_missing(
     tmp_path, report, monkeypatch
 ):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # Import fails.
-    monkeypatch.delitem(sys.modules, "transferkit.plots", raising=False)
+    monkeypatch.delitem(sys.modules, "transferkit.records.plots", raising=False)
     report = dict(report)
 
     write_report(tmp_path, report)
@@ -275,11 +274,18 @@ def test_the_report_command_prints_the_tables(tmp_path, report, capsys):
     assert "Figures: learning_curves.png" in printed
 
 
-def test_the_report_command_reads_a_report_without_tensorflow(tmp_path, report):
+@pytest.mark.parametrize("command", ["python -m", "console script"])
+def test_the_report_command_reads_a_report_without_tensorflow(
+    tmp_path, report, command
+):
     write_report(tmp_path, dict(report), figures=False)
     root = Path(__file__).resolve().parents[1]
-
-    command = [sys.executable, "-X", "importtime", "-m", "transferkit"]
+    if command == "python -m":
+        command = [sys.executable, "-X", "importtime", "-m", "transferkit"]
+    else:  # What `pip install` puts beside the interpreter.
+        script = Path(sysconfig.get_path("scripts")) / "transferkit"
+        assert script.is_file(), f"no console script at {script}"
+        command = [str(script)]
     done = subprocess.run(
         [*command, "report", str(tmp_path)],
         cwd=root,
@@ -287,6 +293,7 @@ def test_the_report_command_reads_a_report_without_tensorflow(tmp_path, report):
         text=True,
         check=False,
         timeout=60,
+        env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
     )
 
     assert done.returncode == 0, done.stderr
@@ -294,7 +301,7 @@ def test_the_report_command_reads_a_report_without_tensorflow(tmp_path, report):
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines()}
     assert "json" in imported  # The import log is there,
     assert (
-        not {"tensorflow", "keras", "transferkit.layer_group"} & imported
+        not {"tensorflow", "keras", "transferkit.groups.layer_group"} & imported
     )  # and light.
 
 
@@ -365,7 +372,7 @@ def test_each_phase_opens_with_a_header_and_says_when_the_cache_fills(capsys):
 
 def test_the_learning_curves_are_one_figure_across_the_phases(report):
     pytest.importorskip("matplotlib")
-    from transferkit.plots import plot_learning_curves
+    from transferkit.records.plots import plot_learning_curves
 
     figure = plot_learning_curves(report)
 

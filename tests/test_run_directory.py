@@ -17,9 +17,11 @@ from conftest import (
     make_model,
     snapshot,
 )
+from tiny import run_options
 
 from transferkit import TransferRun
-from transferkit.run_directory import CheckpointError, RunDirectory
+from transferkit.errors import CheckpointError
+from transferkit.run_folder.directory import RunDirectory
 
 LOSS = "sparse_categorical_crossentropy"
 
@@ -33,7 +35,7 @@ def make_run(directory, model=None, **kwargs):
         batch_size=16,
         verbose=0,
         directory=directory,
-        **kwargs,
+        **run_options(kwargs),
     )
 
 
@@ -247,7 +249,7 @@ def test_a_crash_between_checkpoint_and_state_leaves_the_previous_pair(
     def killed(*args, **kwargs):
         raise Crash("killed while writing run.json")
 
-    monkeypatch.setattr("transferkit.run_directory.atomic_write", killed)
+    monkeypatch.setattr("transferkit.run_folder.directory.atomic_write", killed)
     with pytest.raises(Crash):
         run.fine_tune(data, freeze="features", epochs=2)
     monkeypatch.undo()
@@ -385,7 +387,7 @@ def test_other_training_settings_are_a_different_plan(tmp_path, change, shown):
     settings = {"optimizer": "adam", "loss": LOSS, "batch_size": 16, **change}
 
     run = TransferRun(
-        make_model(dropout=True), verbose=0, directory=tmp_path, **settings
+        make_model(dropout=True), verbose=0, directory=tmp_path, **run_options(settings)
     )
 
     with pytest.raises(

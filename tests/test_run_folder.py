@@ -18,9 +18,9 @@ from conftest import bitwise_equal, make_data, make_model, snapshot, tiny_run
 
 import transferkit
 from transferkit import TransferRun
-from transferkit import feature_cache as feature_cache_module
+from transferkit.cache import features as feature_cache_module
+from transferkit.cache.features import TemporaryCacheFolder
 from transferkit.errors import CheckpointError, FolderLockedError
-from transferkit.feature_cache import TemporaryCacheFolder
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -68,7 +68,7 @@ HOLDER = textwrap.dedent(
     package = types.ModuleType("transferkit")  # Skips the package's imports.
     package.__path__ = [{package!r}]
     sys.modules["transferkit"] = package
-    from transferkit.run_lock import FolderLock
+    from transferkit.utils.locks import FolderLock
     lock = FolderLock(sys.argv[1])  # Held while referenced.
     lock.acquire()
     print("locked", flush=True)
@@ -265,7 +265,7 @@ def test_a_full_disk_while_replacing_run_json_keeps_the_last_pair(
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("transferkit.run_directory.atomic_write", full)
+    monkeypatch.setattr("transferkit.run_folder.directory.atomic_write", full)
     with pytest.raises(
         OSError,
         match=r"Could not save run.json in '.*' \(No space left on device\); the "
@@ -287,7 +287,7 @@ def test_a_finished_run_on_read_only_storage_is_replayed(tmp_path, monkeypatch):
         raise OSError(errno.EROFS, "Read-only file system")
 
     # What ensure_writable meets on a read-only mount.
-    monkeypatch.setattr("transferkit._io.tempfile.TemporaryFile", read_only)
+    monkeypatch.setattr("transferkit.utils.io.tempfile.TemporaryFile", read_only)
     again = make_run(tmp_path)
     assert again.train(data, epochs=1) == first.results[0]
     with pytest.raises(
@@ -332,7 +332,7 @@ def test_ctrl_c_while_the_cache_is_built_says_how_to_resume(tmp_path, monkeypatc
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("transferkit.training.FeatureCache", interrupted)
+    monkeypatch.setattr("transferkit.phases.training.FeatureCache", interrupted)
     with pytest.raises(
         KeyboardInterrupt,
         match=r"Interrupted phase 'fine_tune' after epoch 0 of 2. Saved in '.*'; run "

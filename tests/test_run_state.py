@@ -17,7 +17,8 @@ from conftest import (
 )
 
 import transferkit
-from transferkit.run_directory import CheckpointError, RunDirectory
+from transferkit.errors import CheckpointError
+from transferkit.run_folder.directory import RunDirectory
 
 make_run = tiny_run
 

@@ -5,9 +5,10 @@ import keras
 import pytest
 from conftest import IMAGE_SHAPE, Epochs, make_data
 from keras import layers
+from tiny import run_options
 
 from transferkit import LayerGroup, TransferRun
-from transferkit.schedules import gradual_unfreezing, head_then_all, spread
+from transferkit.run.schedules import gradual_unfreezing, head_then_all, spread
 
 
 def three_groups():
@@ -27,7 +28,7 @@ def make_run(**kwargs):
         loss="sparse_categorical_crossentropy",
         batch_size=16,
         verbose=0,
-        **kwargs,
+        **run_options(kwargs),
     )
 
 

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import Batches, bitwise_equal, make_data, make_model, snapshot
+from tiny import run_options
 
 from transferkit import TransferRun
 
@@ -35,7 +36,7 @@ def make_run(settings=(), **kwargs):
         loss=SPARSE,
         metrics=["accuracy"],
         batch_size=10,
-        **kwargs,
+        **run_options(kwargs),
     )
 
 

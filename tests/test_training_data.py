@@ -7,7 +7,7 @@ import pytest
 from conftest import IMAGE_SHAPE, NUM_CLASSES, bitwise_equal, make_data, make_model
 
 from transferkit import TransferRun
-from transferkit.training_data import prepare_data
+from transferkit.data.prepare import prepare_data
 
 SPARSE = "sparse_categorical_crossentropy"
 

@@ -10,6 +10,7 @@ from conftest import (
     make_model,
     snapshot,
 )
+from tiny import run_options
 
 from transferkit import ClassSubset, TransferRun
 
@@ -18,7 +19,7 @@ SPARSE = "sparse_categorical_crossentropy"
 
 def make_run(model, optimizer="sgd", loss=SPARSE, **kwargs):
     kwargs.setdefault("verbose", 0)
-    return TransferRun(model, optimizer=optimizer, loss=loss, **kwargs)
+    return TransferRun(model, optimizer=optimizer, loss=loss, **run_options(kwargs))
 
 
 OPTIMIZERS = {
@@ -360,7 +361,7 @@ def test_check_finite_names_the_samples_with_nan_or_infinity(bad):
 def test_check_finite_looks_at_every_chunk_of_a_large_array():
     x = np.zeros((10_000, 4), "float32")
     x[9_999, 3] = np.nan
-    from transferkit.training_data import require_finite
+    from transferkit.data.prepare import require_finite
 
     with pytest.raises(ValueError, match="1 sample, the first at index 9999"):
         require_finite(x, "x", chunk=128)
@@ -425,7 +426,7 @@ def test_bad_multipliers_are_refused():
 def test_multipliers_are_part_of_the_plan_and_survive_a_resume(tmp_path):
     from conftest import Crash, CrashAfterEpoch
 
-    from transferkit.run_directory import CheckpointError
+    from transferkit.errors import CheckpointError
 
     data = make_data()
     model = make_model()

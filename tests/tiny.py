@@ -34,3 +34,27 @@ def make_data(samples=48, classes=NUM_CLASSES, seed=0):
     x = rng.normal(size=(samples,) + IMAGE_SHAPE).astype("float32")
     x += y[:, None, None, None].astype("float32")
     return x, y
+
+
+SPEED_OPTIONS = (
+    "feature_cache",
+    "feature_cache_memory",
+    "cache_datasets",
+    "lean_step",
+    "training_loop",
+    "steps_per_execution",
+    "jit_compile",
+)
+
+
+def run_options(options):
+    """`TransferRun` keywords from a test helper's flat options: those of
+    `transferkit.Speed` grouped into `speed=Speed(...)`, so that a test can
+    say `make_run(lean_step=True)`."""
+    from transferkit import Speed
+
+    options = dict(options)
+    speed = {name: options.pop(name) for name in SPEED_OPTIONS if name in options}
+    if speed:
+        options["speed"] = Speed(**speed)
+    return options

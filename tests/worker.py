@@ -16,6 +16,8 @@ import os
 import sys
 import time
 
+from tiny import run_options
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -77,7 +79,7 @@ def main():
             verbose=0,
             seed=1,
             strategy=strategy,
-            **kwargs,
+            **run_options(kwargs),
         )
 
     data, validation = make_data(samples=64), make_data(samples=30, seed=1)

@@ -5,58 +5,110 @@
 The names below are imported on first use. `import transferkit` imports
 only the modules that register layers with Keras (`GroupedSequential`,
 `ImagenetPreprocessing`), so that `keras.saving.load_model` finds them;
-`python -m transferkit report DIR` skips even that, and reads a report
-without starting TensorFlow.
+the `transferkit` command (and `python -m transferkit`) skips even that, so
+that `transferkit report DIR` reads a report without starting TensorFlow.
+
+Beside these names, the public namespaces are `transferkit.errors` (every
+exception), `transferkit.records` (reports), `transferkit.serving`
+(predictions, export, evaluation), `transferkit.run` (schedules and
+learning-rate multipliers), `transferkit.datasets` and `transferkit.cli`;
+each lists its names in `__all__`. Every other module is internal.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from transferkit.version import __version__ as __version__
 
 _EXPORTS = {
-    "ClassSubset": "transferkit.class_subset",
-    "GroupedSequential": "transferkit.layer_group",
-    "ImagenetPreprocessing": "transferkit.preprocessing",
-    "LayerGroup": "transferkit.layer_group",
-    "PhaseResult": "transferkit.phase_result",
-    "TransferRun": "transferkit.transfer_run",
-    "export": "transferkit.exporting",
-    "load_report": "transferkit.report",
-    "saved_phases": "transferkit.run_state",
-    "split_classes": "transferkit.class_subset",
+    "CacheTooLarge": "transferkit.errors",
+    "CheckpointError": "transferkit.errors",
+    "ClassSubset": "transferkit.data.class_subset",
+    "ExportParityError": "transferkit.errors",
+    "FolderLockedError": "transferkit.errors",
+    "GroupedSequential": "transferkit.groups.layer_group",
+    "ImagenetPreprocessing": "transferkit.layers.preprocessing",
+    "LayerGroup": "transferkit.groups.layer_group",
+    "NonFiniteError": "transferkit.errors",
+    "PhaseResult": "transferkit.records.phase_result",
+    "ReportError": "transferkit.errors",
+    "Speed": "transferkit.phases.speed",
+    "TransferRun": "transferkit.run.transfer_run",
+    "WorkerLostError": "transferkit.errors",
+    "attach_groups": "transferkit.groups.model_groups",
+    "export": "transferkit.serving.exporting",
+    "load_report": "transferkit.records.report",
+    "load_trained_model": "transferkit.run_folder.loading",
+    "predict_files": "transferkit.serving.predictions",
+    "saved_phases": "transferkit.run_folder.state",
+    "split_classes": "transferkit.data.class_subset",
 }
 
 __all__ = [
+    "CacheTooLarge",
+    "CheckpointError",
     "ClassSubset",
+    "ExportParityError",
+    "FolderLockedError",
     "GroupedSequential",
     "ImagenetPreprocessing",
     "LayerGroup",
+    "NonFiniteError",
     "PhaseResult",
+    "ReportError",
+    "Speed",
     "TransferRun",
+    "WorkerLostError",
+    "attach_groups",
     "export",
     "load_report",
+    "load_trained_model",
+    "predict_files",
     "saved_phases",
     "split_classes",
 ]
 
-# While `python -m transferkit` locates its `__main__`, argv[0] is "-m".
-if sys.argv[:1] != ["-m"]:
-    importlib.import_module("transferkit.layer_group")
-    importlib.import_module("transferkit.preprocessing")
+
+def _started_as_command() -> bool:
+    """Whether this process is the `transferkit` command: `python -m
+    transferkit` (argv[0] is "-m" while Python locates `__main__`) or the
+    console script."""
+    if sys.argv[:1] == ["-m"]:
+        return True
+    command = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return command in ("transferkit", "transferkit.exe")
+
+
+if not _started_as_command():
+    importlib.import_module("transferkit.groups.layer_group")
+    importlib.import_module("transferkit.layers.preprocessing")
 
 if TYPE_CHECKING:
-    from transferkit.class_subset import ClassSubset, split_classes
-    from transferkit.exporting import export
-    from transferkit.layer_group import GroupedSequential, LayerGroup
-    from transferkit.phase_result import PhaseResult
-    from transferkit.preprocessing import ImagenetPreprocessing
-    from transferkit.report import load_report
-    from transferkit.run_state import saved_phases
-    from transferkit.transfer_run import TransferRun
+    from transferkit.data.class_subset import ClassSubset, split_classes
+    from transferkit.errors import (
+        CacheTooLarge,
+        CheckpointError,
+        ExportParityError,
+        FolderLockedError,
+        NonFiniteError,
+        ReportError,
+        WorkerLostError,
+    )
+    from transferkit.groups.layer_group import GroupedSequential, LayerGroup
+    from transferkit.groups.model_groups import attach_groups
+    from transferkit.layers.preprocessing import ImagenetPreprocessing
+    from transferkit.phases.speed import Speed
+    from transferkit.records.phase_result import PhaseResult
+    from transferkit.records.report import load_report
+    from transferkit.run.transfer_run import TransferRun
+    from transferkit.run_folder.loading import load_trained_model
+    from transferkit.run_folder.state import saved_phases
+    from transferkit.serving.exporting import export
+    from transferkit.serving.predictions import predict_files
 
 
 def __getattr__(name: str) -> Any:

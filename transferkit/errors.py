@@ -1,8 +1,24 @@
-"""The errors a run folder and a phase raise, in one place for every module."""
+"""Every exception transferkit raises of its own, in one place.
+
+Each message names the bad value or file and the way out; the classes let a
+caller catch one kind of failure:
+
+>>> from transferkit.errors import CheckpointError, FolderLockedError
+>>> issubclass(FolderLockedError, CheckpointError)
+True
+"""
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "FolderLockedError", "NonFiniteError"]
+__all__ = [
+    "CacheTooLarge",
+    "CheckpointError",
+    "ExportParityError",
+    "FolderLockedError",
+    "NonFiniteError",
+    "ReportError",
+    "WorkerLostError",
+]
 
 
 class CheckpointError(ValueError):
@@ -18,3 +34,22 @@ class FolderLockedError(CheckpointError):
 class NonFiniteError(FloatingPointError):
     """A phase's loss or weights became NaN or infinite; the message names
     the epoch and step, and the last finite checkpoint kept."""
+
+
+class WorkerLostError(RuntimeError):
+    """A worker of a multi-worker run stopped answering, so this one stopped
+    too; the message says where the run can resume from."""
+
+
+class ExportParityError(ValueError):
+    """The exported artifact's outputs differ from the model's."""
+
+
+class ReportError(ValueError):
+    """A report file cannot be read; the message names it."""
+
+
+class CacheTooLarge(Exception):
+    """The feature cache would exceed its memory bound where it may not use
+    files; nothing was computed. The phase then runs uncached and its result
+    says why."""

@@ -1,0 +1,7 @@
+"""What makes or alters Keras layers: ImageNet preprocessing, the lean
+step's layers, LoRA adapters, dtype policies. Imports `groups` and below.
+"""
+
+from transferkit.layers.preprocessing import ImagenetPreprocessing
+
+__all__ = ["ImagenetPreprocessing"]

@@ -1,0 +1,31 @@
+"""What a run leaves behind, as plain records: a phase's result, the run
+folder's state file, the names of its files, and the report. This room imports
+neither Keras nor TensorFlow (a test holds it to that), so
+`transferkit report DIR` reads a run without starting TensorFlow.
+
+>>> from transferkit.records import load_report, format_phase
+"""
+
+from transferkit.records.phase_result import PhaseResult
+from transferkit.records.report import (
+    build_report,
+    figures_line,
+    format_markdown,
+    format_phase,
+    format_top_losses,
+    load_report,
+    write_report,
+)
+from transferkit.utils.io import ensure_writable
+
+__all__ = [
+    "PhaseResult",
+    "build_report",
+    "ensure_writable",
+    "figures_line",
+    "format_markdown",
+    "format_phase",
+    "format_top_losses",
+    "load_report",
+    "write_report",
+]

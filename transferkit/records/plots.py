@@ -1,0 +1,179 @@
+"""PNG figures of a run report. Needs matplotlib (`transferkit[plots]`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only; no window, no display needed.
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from transferkit.utils.io import atomic_output  # noqa: E402
+
+__all__ = [
+    "plot_confusion_matrix",
+    "plot_learning_curves",
+    "plot_learning_rate_sweep",
+    "plot_top_losses",
+    "write_figures",
+]
+
+
+def write_figures(
+    report: Mapping[str, Any],
+    directory: Path,
+    images: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """Writes the report's figures into `directory`, each atomically.
+
+    Returns:
+        Figure title -> file name: `learning_curves` always,
+        `confusion_matrix` when the report has one, `top_losses` when it
+        has them and `images["top_losses"]` holds their samples.
+    """
+    written = {}
+    figure = plot_learning_curves(report)
+    written["learning_curves"] = _save(figure, directory / "learning_curves.png")
+    if report.get("confusion_matrix"):
+        figure = plot_confusion_matrix(report["confusion_matrix"])
+        written["confusion_matrix"] = _save(figure, directory / "confusion_matrix.png")
+    samples = (images or {}).get("top_losses")
+    if report.get("top_losses") and samples is not None:
+        figure = plot_top_losses(report["top_losses"], samples)
+        written["top_losses"] = _save(figure, directory / "top_losses.png")
+    return written
+
+
+def plot_learning_curves(report: Mapping[str, Any]):
+    """Loss and accuracy per epoch, train and validation, across all phases
+    on one epoch axis and one scale, each phase's start marked and named."""
+    phases = report["phases"]
+    figure, axes = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True)
+    start = 0
+    for number, phase in enumerate(phases):
+        history = phase["history"]
+        epochs = max((len(v) for v in history.values()), default=0)
+        for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
+            for key, label, style, color in (
+                (metric, "train", "-o", "C0"),
+                (f"val_{metric}", "validation", "--s", "C1"),
+            ):
+                values = history.get(key)
+                if values:
+                    axis.plot(
+                        range(start + 1, start + len(values) + 1),
+                        values,
+                        style,
+                        color=color,
+                        label=label if number == 0 else None,
+                        markersize=4,
+                    )
+            if number:
+                axis.axvline(start + 0.5, color="grey", linewidth=0.8)
+        frozen = ", ".join(phase["frozen_groups"]) or "nothing"
+        axes[0].annotate(
+            f"{phase['name']}\n(frozen: {frozen})",
+            xy=(start + 0.6, 1.0),
+            xycoords=("data", "axes fraction"),
+            va="top",
+            fontsize=8,
+        )
+        start += epochs
+    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        axis.set_ylabel(metric)
+        axis.grid(alpha=0.3)
+        if axis.has_data():
+            axis.legend(loc="center right")
+    axes[1].set_xlabel("epoch, all phases")
+    axes[1].xaxis.get_major_locator().set_params(integer=True)
+    figure.suptitle(f"Learning curves: {report['dataset']}", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def plot_confusion_matrix(confusion: Mapping[str, Any]):
+    """Counts of true against predicted class, labelled with original ids."""
+    matrix, classes = confusion["matrix"], confusion["classes"]
+    size = len(classes)
+    figure, axis = plt.subplots(figsize=(1.0 + 0.6 * size, 0.6 + 0.6 * size))
+    image = axis.imshow(matrix, cmap="Blues")
+    axis.set_xticks(range(size), [str(c) for c in classes])
+    axis.set_yticks(range(size), [str(c) for c in classes])
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    axis.set_title(f"Confusion matrix, phase '{confusion['phase']}'", fontsize=10)
+    peak = max((max(row) for row in matrix), default=0)
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            color = "white" if count > peak / 2 else "black"
+            axis.text(j, i, str(count), ha="center", va="center", color=color)
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+    figure.tight_layout()
+    return figure
+
+
+def plot_top_losses(top: Mapping[str, Any], images):
+    """Each mistake's image, titled with its true and predicted class, the
+    predicted class's probability and the loss; worst first."""
+    rows = top["rows"]
+    columns = min(4, len(rows))
+    lines = -(-len(rows) // columns)
+    figure, axes = plt.subplots(
+        lines, columns, figsize=(2.3 * columns, 2.9 * lines), squeeze=False
+    )
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, row, image in zip(axes.flat, rows, images, strict=False):
+        pixels = image[..., 0] if image.shape[-1] == 1 else image
+        low, high = float(pixels.min()), float(pixels.max())
+        axis.imshow((pixels - low) / max(high - low, 1e-12), cmap="gray")
+        name = f"{row['file'].rsplit('/', 1)[-1]}\n" if "file" in row else ""
+        axis.set_title(
+            f"{name}true {row['true']}, predicted {row['predicted']}\n"
+            f"p={row['probability']:.2f}, loss {row['loss']:.2f}",
+            fontsize=7,
+        )
+    figure.suptitle(
+        f"Top losses, phase '{top['phase']}': {top['wrong']} of {top['total']} wrong",
+        fontsize=9,
+    )
+    figure.tight_layout()
+    return figure
+
+
+def plot_learning_rate_sweep(sweep):
+    """The loss of every step against its learning rate (log scale), the
+    smoothed loss over it, the suggested rate marked."""
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    axis.plot(sweep.learning_rates, sweep.losses, ".", alpha=0.35, label="batch loss")
+    axis.plot(sweep.learning_rates, sweep.smoothed, "-", label="smoothed")
+    axis.axvline(sweep.suggested, color="C2", linestyle="--")
+    axis.annotate(
+        f"suggested {sweep.suggested:.2g}\n({sweep.rule})",
+        xy=(sweep.suggested, 0.95),
+        xycoords=("data", "axes fraction"),
+        va="top",
+        fontsize=8,
+    )
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("loss")
+    axis.set_title(f"Learning-rate sweep of {', '.join(sweep.trained)}", fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower left")
+    figure.tight_layout()
+    return figure
+
+
+def _save(figure, path: Path) -> str:
+    """Saves `figure` as PNG, atomically; returns the file name."""
+    try:
+        with atomic_output(path) as stream:
+            figure.savefig(stream, format="png", dpi=100)
+    finally:
+        plt.close(figure)
+    return path.name
