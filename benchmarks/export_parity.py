@@ -89,8 +89,7 @@ def test_digits(model: str, args):
 
 
 def measure(model_name: str, folder: Path, args) -> list[str]:
-    from transferkit import export
-    from transferkit.run_folder.loading import load_trained_model
+    from transferkit import export, load_trained_model
 
     train(model_name, folder / "run", args)
     model = load_trained_model(folder / "run")

@@ -82,8 +82,8 @@ def main(argv=None) -> None:
     import keras
     import numpy as np
 
+    from transferkit import predict_files
     from transferkit.data.input_recipe import recipe_of_dataset
-    from transferkit.serving.predictions import predict_files
 
     print(cpu_line())
     with tempfile.TemporaryDirectory() as folder:

@@ -25,20 +25,13 @@ from typing import TYPE_CHECKING, Any
 from transferkit.version import __version__ as __version__
 
 _EXPORTS = {
-    "CacheTooLarge": "transferkit.errors",
-    "CheckpointError": "transferkit.errors",
     "ClassSubset": "transferkit.data.class_subset",
-    "ExportParityError": "transferkit.errors",
-    "FolderLockedError": "transferkit.errors",
     "GroupedSequential": "transferkit.groups.layer_group",
     "ImagenetPreprocessing": "transferkit.layers.preprocessing",
     "LayerGroup": "transferkit.groups.layer_group",
-    "NonFiniteError": "transferkit.errors",
     "PhaseResult": "transferkit.records.phase_result",
-    "ReportError": "transferkit.errors",
     "Speed": "transferkit.phases.speed",
     "TransferRun": "transferkit.run.transfer_run",
-    "WorkerLostError": "transferkit.errors",
     "attach_groups": "transferkit.groups.model_groups",
     "export": "transferkit.serving.exporting",
     "load_report": "transferkit.records.report",
@@ -49,20 +42,13 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "CacheTooLarge",
-    "CheckpointError",
     "ClassSubset",
-    "ExportParityError",
-    "FolderLockedError",
     "GroupedSequential",
     "ImagenetPreprocessing",
     "LayerGroup",
-    "NonFiniteError",
     "PhaseResult",
-    "ReportError",
     "Speed",
     "TransferRun",
-    "WorkerLostError",
     "attach_groups",
     "export",
     "load_report",
@@ -89,15 +75,6 @@ if not _started_as_command():
 
 if TYPE_CHECKING:
     from transferkit.data.class_subset import ClassSubset, split_classes
-    from transferkit.errors import (
-        CacheTooLarge,
-        CheckpointError,
-        ExportParityError,
-        FolderLockedError,
-        NonFiniteError,
-        ReportError,
-        WorkerLostError,
-    )
     from transferkit.groups.layer_group import GroupedSequential, LayerGroup
     from transferkit.groups.model_groups import attach_groups
     from transferkit.layers.preprocessing import ImagenetPreprocessing

@@ -3,6 +3,4 @@ sample and class weights, several inputs, and how images were loaded.
 Imports only `utils` and `errors` of transferkit.
 """
 
-from transferkit.data.class_subset import ClassSubset, split_classes
-
-__all__ = ["ClassSubset", "split_classes"]
+__all__: list[str] = []

@@ -2,6 +2,4 @@
 step's layers, LoRA adapters, dtype policies. Imports `groups` and below.
 """
 
-from transferkit.layers.preprocessing import ImagenetPreprocessing
-
-__all__ = ["ImagenetPreprocessing"]
+__all__: list[str] = []

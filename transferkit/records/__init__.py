@@ -6,26 +6,22 @@ neither Keras nor TensorFlow (a test holds it to that), so
 >>> from transferkit.records import load_report, format_phase
 """
 
-from transferkit.records.phase_result import PhaseResult
 from transferkit.records.report import (
     build_report,
     figures_line,
     format_markdown,
     format_phase,
     format_top_losses,
-    load_report,
     write_report,
 )
 from transferkit.utils.io import ensure_writable
 
 __all__ = [
-    "PhaseResult",
     "build_report",
     "ensure_writable",
     "figures_line",
     "format_markdown",
     "format_phase",
     "format_top_losses",
-    "load_report",
     "write_report",
 ]

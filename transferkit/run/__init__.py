@@ -1,6 +1,7 @@
-"""`TransferRun`, the face of the library, and what composes phases:
-schedules (`head_then_all`, `gradual_unfreezing`) and learning-rate
-multipliers (`spread`, `layer_decay`). Imports everything below it.
+"""`TransferRun` (public as `transferkit.TransferRun`), the face of the
+library, and what composes phases: schedules (`head_then_all`,
+`gradual_unfreezing`) and learning-rate multipliers (`spread`,
+`layer_decay`), public here. Imports everything below it.
 
 >>> from transferkit.run import head_then_all, layer_decay
 """
@@ -13,11 +14,9 @@ from transferkit.run.schedules import (
     layer_decay,
     spread,
 )
-from transferkit.run.transfer_run import TransferRun
 
 __all__ = [
     "PRECISIONS",
-    "TransferRun",
     "gradual_unfreezing",
     "head_then_all",
     "is_chief",

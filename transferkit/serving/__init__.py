@@ -5,16 +5,14 @@ with a parity check, and evaluation (the confusion matrix, the top losses).
 """
 
 from transferkit.serving.evaluation import TopLosses, confusion_matrix, top_losses
-from transferkit.serving.exporting import ExportResult, export, load_exported
-from transferkit.serving.predictions import FilePredictions, predict_files
+from transferkit.serving.exporting import ExportResult, load_exported
+from transferkit.serving.predictions import FilePredictions
 
 __all__ = [
     "ExportResult",
     "FilePredictions",
     "TopLosses",
     "confusion_matrix",
-    "export",
     "load_exported",
-    "predict_files",
     "top_losses",
 ]
