@@ -3,7 +3,7 @@ folder's state file, the names of its files, and the report. This room imports
 neither Keras nor TensorFlow (a test holds it to that), so
 `transferkit report DIR` reads a run without starting TensorFlow.
 
->>> from transferkit.records import load_report, format_phase
+>>> from transferkit.records import build_report, format_phase, write_report
 """
 
 from transferkit.records.report import (

@@ -1,7 +1,7 @@
 """A trained model in use: predictions on image files and folders, export
 with a parity check, and evaluation (the confusion matrix, the top losses).
 
->>> from transferkit.serving import export, predict_files, top_losses
+>>> from transferkit.serving import confusion_matrix, top_losses
 """
 
 from transferkit.serving.evaluation import TopLosses, confusion_matrix, top_losses
