@@ -3,6 +3,8 @@ training's loading recipe, and exports (SavedModel, LiteRT, ONNX) checked
 against the model, from Python and from the command line."""
 
 import json
+import os
+import shutil
 import warnings
 
 import keras
@@ -20,6 +22,7 @@ from transferkit.errors import ExportParityError
 from transferkit.run_folder.loading import load_trained_model
 from transferkit.serving.exporting import load_exported, metadata_path
 from transferkit.serving.predictions import predict_files
+from transferkit.serving.targets import staging_path
 
 
 def folder_dataset(root, **kwargs):
@@ -396,3 +399,94 @@ def test_the_preprocessing_layer_computes_the_applications_preprocess_input(
         ValueError, match=r"one of \['tf', 'torch', 'caffe'\]. Received: 'inception'"
     ):
         ImagenetPreprocessing("inception")
+
+
+def listing(folder):
+    """Every file under `folder` with its bytes."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_export_replaces_only_an_earlier_export_of_its_own(trained, tmp_path):
+    """`overwrite=True` never deletes what export did not write: a run folder
+    (locked or not), a folder of notes and other exports, a folder where a
+    file goes; each is refused before any work, and left as it was."""
+    run, images, root = trained
+    run_folder = tmp_path / "run"
+    shutil.copytree(root / "run", run_folder)
+    locked = tmp_path / "training"
+    locked.mkdir()
+    (locked / "run.lock").write_text("pid 123")
+    mixed = tmp_path / "exports"
+    mixed.mkdir()
+    (mixed / "notes.txt").write_text("my notes")
+    (mixed / "model.tflite").write_bytes(b"another export")
+    before = {folder: listing(folder) for folder in (run_folder, locked, mixed)}
+    cases = [
+        (run_folder, "tf_saved_model", r"is a run folder \(it holds run.json\)"),
+        (locked, "tf_saved_model", r"is a run folder \(it holds run.lock\)"),
+        (mixed, "tf_saved_model", r"holds files that no SavedModel export writes "
+         r"\(model.tflite, notes.txt\)"),
+        (mixed / "model.tflite", "onnx", "A onnx export is one file ending in '.onnx'"),
+        (tmp_path / "missing" / "m.tflite", "litert",
+         r"The folder '.*missing' for the export .* does not exist; nothing was"),
+    ]  # fmt: skip
+    for target, format, message in cases:
+        with pytest.raises(ValueError, match=message):
+            export(run.model, target, format=format, overwrite=True, verbose=False)
+    folder_as_file = tmp_path / "folder.tflite"
+    folder_as_file.mkdir()
+    with pytest.raises(ValueError, match="is a folder, not the file of an export"):
+        export(run.model, folder_as_file, format="litert", overwrite=True)
+
+    assert {folder: listing(folder) for folder in before} == before
+    assert main(["export", str(run_folder), str(run_folder), "--overwrite"]) == 2
+    assert listing(run_folder) == before[run_folder]
+
+
+def test_export_replaces_its_own_earlier_export(trained, tmp_path):
+    run, images, _ = trained
+    served = tmp_path / "served"
+    export(run.model, served, samples=images, verbose=False)
+    (served / "variables" / "stale").write_text("from the first export")
+
+    export(run.model, served, samples=images, overwrite=True, verbose=False)
+
+    assert not (served / "variables" / "stale").exists()
+    assert json.loads((served / "transferkit.json").read_text())["format"] == (
+        "tf_saved_model"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]  # No staging.
+    (served / "notes.txt").write_text("mine now")
+    with pytest.raises(ValueError, match=r"holds files .* \(notes.txt\)"):
+        export(run.model, served, samples=images, overwrite=True, verbose=False)
+    assert (served / "notes.txt").read_text() == "mine now"
+
+
+def test_two_exports_to_one_path_stage_under_names_of_their_own(tmp_path):
+    target = tmp_path / "m.tflite"
+    first, second = staging_path(target), staging_path(target)
+    assert first != second and first.parent == second.parent == tmp_path
+    assert first.name.startswith(".m.partial-") and first.suffix == ".tflite"
+    assert f"-{os.getpid()}-" in first.name
+
+
+def test_predict_output_never_replaces_a_file_without_overwrite(
+    trained, tmp_path, capsys
+):
+    run, images, root = trained
+    out = tmp_path / "predictions.csv"
+    out.write_text("the user's earlier predictions\n")
+    command = ["predict", str(root / "run"), str(images / "class_1")]
+    command += ["--format", "csv", "--output", str(out)]
+
+    assert main(command) == 2
+    assert "predictions.csv' exists; nothing was written. Pass --overwrite" in (
+        capsys.readouterr().err
+    )
+    assert out.read_text() == "the user's earlier predictions\n"
+    assert main([*command, "--overwrite"]) == 0
+    assert out.read_text().startswith("file,predicted,probability,")

@@ -20,6 +20,7 @@ from transferkit.records.report import (
     format_top_losses,
     load_report,
 )
+from transferkit.utils.io import atomic_write
 
 
 def main(argv=None) -> int:
@@ -66,6 +67,11 @@ def _add_predict(commands) -> None:
     )
     command.add_argument("--format", choices=("table", "csv", "json"), default="table")
     command.add_argument("--output", help="write to this file instead of stdout")
+    command.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the --output file if it exists (refused otherwise)",
+    )
     command.add_argument("--batch-size", type=int, default=32)
 
 
@@ -102,6 +108,11 @@ def _predict(args) -> int:
     from transferkit.run_folder.loading import load_trained_model
     from transferkit.serving.predictions import predict_files
 
+    if args.output and Path(args.output).exists() and not args.overwrite:
+        raise ValueError(
+            f"{args.output!r} exists; nothing was written. Pass --overwrite to "
+            "replace it, or choose another --output."
+        )
     model = load_trained_model(args.model)
     predictions = predict_files(model, args.paths, batch_size=args.batch_size)
     text = {
@@ -110,7 +121,7 @@ def _predict(args) -> int:
         "json": predictions.to_json,
     }[args.format]()
     if args.output:
-        Path(args.output).write_text(text + ("" if text.endswith("\n") else "\n"))
+        atomic_write(Path(args.output), text + ("" if text.endswith("\n") else "\n"))
     else:
         print(text)
     return 0

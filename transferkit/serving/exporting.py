@@ -36,7 +36,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -50,6 +49,7 @@ import tensorflow as tf
 from transferkit.engine.inference import predict
 from transferkit.errors import ExportParityError
 from transferkit.serving.predictions import are_paths, image_files, model_recipe
+from transferkit.serving.targets import check_target, land, remove, staging_path
 from transferkit.utils.io import atomic_write
 from transferkit.version import __version__
 
@@ -166,8 +166,7 @@ def export(
     started = time.perf_counter()
     target = _check_arguments(path, format, quantize, overwrite, samples)
     x, origin = _parity_samples(model, samples)
-    partial = target.with_name(f".{target.stem}.partial{target.suffix}")
-    _remove(partial)
+    partial = staging_path(target)
     try:
         _write(model, partial, format, quantize, x)
         run = load_exported(partial, format)
@@ -192,24 +191,24 @@ def export(
             accuracy=accuracy,
             seconds=time.perf_counter() - started,
         )
-        _land(model, result, partial, target)
+        _land(model, result, partial, target, overwrite)
     finally:
-        _remove(partial)
+        remove(partial)
     if verbose:
         print(result.describe(), flush=True)
     return result
 
 
-def _land(model, result: ExportResult, partial: Path, target: Path) -> None:
+def _land(
+    model, result: ExportResult, partial: Path, target: Path, overwrite: bool
+) -> None:
     """Writes the metadata (inside a SavedModel folder before it moves;
     beside a file before it lands), then moves the artifact into place."""
     inside = result.format == "tf_saved_model"
     _write_metadata(
         model, result, metadata_path(partial, result.format) if inside else None
     )
-    if target.exists():
-        _remove(target)
-    os.replace(partial, target)
+    land(partial, target, result.format, overwrite)
 
 
 def _check_arguments(path, format, quantize, overwrite, samples) -> Path:
@@ -248,11 +247,7 @@ def _check_arguments(path, format, quantize, overwrite, samples) -> Path:
             f"A {format} export is one file ending in {suffix!r}. Received: "
             f"path={str(target)!r}"
         )
-    if target.exists() and not overwrite:
-        raise ValueError(
-            f"{str(target)!r} exists; nothing was written. Pass overwrite=True "
-            "to replace it, or choose another path."
-        )
+    check_target(target, format, overwrite)
     return target
 
 
@@ -415,10 +410,3 @@ def _write_metadata(model, result: ExportResult, where: Path | None) -> None:
         "accuracy": result.accuracy,
     }
     atomic_write(where or Path(result.metadata), json.dumps(metadata, indent=2) + "\n")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
