@@ -211,6 +211,18 @@ def test_bad_class_weights_are_refused_naming_the_value(class_weight, error, mes
     assert run.results == []
 
 
+def test_class_weights_that_weigh_every_sample_0_are_refused():
+    """`{0: 0, 1: 0}` on data of classes 0 and 1 would train on a loss of 0."""
+    run = transfer_run()
+    with pytest.raises(ValueError, match=r"Every training sample would weigh 0 with "
+                       r"class_weight=\{0: 0, 1: 0\}: the phase would train on a "
+                       r"loss of 0"):  # fmt: skip
+        run.train(make_data(classes=2), epochs=1, class_weight={0: 0, 1: 0})
+    assert run.results == []
+    result = run.train(make_data(), epochs=1, class_weight={0: 0, 1: 0})
+    assert result.epochs == 1  # Class 2 still weighs 1.
+
+
 def test_sample_weights_and_class_weight_together_are_refused():
     x, y = make_data()
     run = transfer_run()

@@ -490,3 +490,35 @@ def test_predict_output_never_replaces_a_file_without_overwrite(
     assert out.read_text() == "the user's earlier predictions\n"
     assert main([*command, "--overwrite"]) == 0
     assert out.read_text().startswith("file,predicted,probability,")
+
+
+def test_exports_and_predictions_check_their_arguments_before_any_work(
+    trained, tmp_path, capsys
+):
+    run, images, root = trained
+    cases = [
+        ({"samples": np.zeros((4, 8, 8, 3), "float32")}, ValueError,
+         r"The samples have shape \(8, 8, 3\), but the model takes \(.*\); nothing "
+         r"was written"),
+        ({"samples": []}, ValueError, "Expected at least one sample in `samples`"),
+        ({"tolerance": "big"}, TypeError,
+         r"Expected `tolerance` to be a number.* Received: tolerance='big'"),
+    ]  # fmt: skip
+    for options, error, message in cases:
+        with pytest.raises(error, match=message):
+            export(run.model, tmp_path / "m", verbose=False, **options)
+    with pytest.raises(ValueError, match=r"Expected `path` to name the export"):
+        export(run.model, ".", verbose=False)
+    assert list(tmp_path.iterdir()) == []
+
+    with pytest.raises(TypeError, match=r"Received: batch_size=2.5"):
+        run.predict(images, batch_size=2.5)
+    with pytest.raises(ValueError, match="Received: an empty list"):
+        run.predict([])
+    two = sorted((images / "class_1").iterdir())[:2]
+    assert len(run.predict((str(two[0]), str(two[1]))).files) == 2  # Not (x, y).
+    command = ["predict", str(root / "run"), str(images), "--batch-size"]
+    assert main([*command, "0"]) == 2
+    assert "Expected `batch_size` to be a positive integer. Received: batch_size=0" in (
+        capsys.readouterr().err
+    )

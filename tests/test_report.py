@@ -264,6 +264,29 @@ def test_load_report_names_a_bad_file(tmp_path, report):
         load_report(path)
 
 
+def test_a_report_with_a_part_missing_is_named_not_a_key_error(
+    tmp_path, report, capsys
+):
+    path = tmp_path / "report.json"
+    without_dataset = {k: v for k, v in report.items() if k != "dataset"}
+    path.write_text(json.dumps(without_dataset))
+
+    assert cli(["report", str(path)]) == 2
+    assert (
+        "report.json' lacks 'dataset' (or it is not a text): it was edited by hand"
+        in (capsys.readouterr().err)
+    )
+    phase = {k: v for k, v in report["phases"][0].items() if k != "test_loss"}
+    path.write_text(json.dumps(dict(report, phases=[phase])))
+    with pytest.raises(ReportError, match=r"phase 1 lacks the key 'test_loss'"):
+        load_report(path)
+    path.write_text(json.dumps(dict(report, total_seconds="12 s")))
+    with pytest.raises(
+        ReportError, match=r"lacks 'total_seconds' \(or it is not a number"
+    ):
+        load_report(path)
+
+
 def test_the_report_command_prints_the_tables(tmp_path, report, capsys):
     write_report(tmp_path, dict(report))
 

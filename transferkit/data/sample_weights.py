@@ -79,7 +79,21 @@ def class_weight_vector(
                 f"class_weight[{key!r}]={weight!r}"
             )
         vector[index] = weight
+    _check_some_weight(vector, counts, class_weight)
     return vector
+
+
+def _check_some_weight(vector: np.ndarray, counts, class_weight) -> None:
+    """Raises if every training sample would weigh 0 (where the class counts
+    are known; else if every class does): the loss would be 0 and the phase
+    would train nothing, silently."""
+    present = vector if counts is None else vector[np.asarray(counts) > 0]
+    if present.size and not present.any():
+        raise ValueError(
+            "Every training sample would weigh 0 with class_weight="
+            f"{dict(class_weight)!r}: the phase would train on a loss of 0 and "
+            "change nothing. Give at least one class of the data a weight above 0."
+        )
 
 
 def _class_index(key: Any, width: int, names: list[str]) -> int:

@@ -296,7 +296,31 @@ def load_report(path: str | os.PathLike) -> dict[str, Any]:
             f"{version}; this one reads up to {SCHEMA_VERSION}). Upgrade "
             "transferkit to read it."
         )
+    _check_complete(report, path)
     return report
+
+
+def _check_complete(report: Mapping[str, Any], path: Path) -> None:
+    """Raises unless every part of `report` that the tables show is there:
+    a report edited by hand, or written by another program, is named."""
+    edited = "it was edited by hand or written by another program"
+    for key, kinds in (("dataset", str), ("total_seconds", (int, float))):
+        if not isinstance(report.get(key), kinds):
+            raise ReportError(
+                f"{str(path)!r} lacks {key!r} (or it is not a "
+                f"{'text' if kinds is str else 'number'}): {edited}."
+            )
+    for index, phase in enumerate(report["phases"], start=1):
+        try:
+            format_phase(phase)
+        except KeyError as error:
+            raise ReportError(
+                f"{str(path)!r}: phase {index} lacks the key {error}: {edited}."
+            ) from None
+        except (TypeError, ValueError, AttributeError) as error:
+            raise ReportError(
+                f"{str(path)!r}: phase {index} cannot be read ({error}): {edited}."
+            ) from None
 
 
 def _multipliers(multipliers: Mapping[str, float]) -> str:

@@ -31,6 +31,7 @@ from transferkit.phases.training import (
 )
 from transferkit.run.phase_runner import PhaseRunner, batch_norm_policy
 from transferkit.serving.predictions import FilePredictions, are_paths, predict_files
+from transferkit.utils.checks import require_count
 
 __all__ = ["evaluate", "find_learning_rate", "predict"]
 
@@ -199,7 +200,14 @@ def predict(
         probabilities; accuracy and confusion matrix for class folders),
         else `Predictions` (`outputs`, `predicted`, `labels`).
     """
-    batch_size = batch_size or runner.settings.batch_size
+    if batch_size is None:
+        batch_size = runner.settings.batch_size
+    batch_size = require_count(batch_size, "batch_size")
+    if isinstance(data, list | tuple) and not data:
+        raise ValueError(
+            "Expected something to predict: image files or folders, or samples. "
+            f"Received: an empty {type(data).__name__}"
+        )
     if are_paths(data):
         return predict_files(runner.model, data, batch_size=batch_size, **file_options)
     if file_options:

@@ -165,6 +165,7 @@ def export(
     """
     started = time.perf_counter()
     target = _check_arguments(path, format, quantize, overwrite, samples)
+    _check_tolerance(tolerance)
     x, origin = _parity_samples(model, samples)
     partial = staging_path(target)
     try:
@@ -335,7 +336,43 @@ def _parity_samples(model, samples) -> tuple[np.ndarray, str]:
         rng = np.random.default_rng(0)
         x = rng.uniform(0, 255, (_RANDOM_SAMPLES, *shape)).astype("float32")
         return x, "random images in [0, 255]"
-    return _arrays(model, samples)[0].astype("float32"), "the given samples"
+    x = _arrays(model, samples)[0].astype("float32")
+    _check_samples(model, x)
+    return x, "the given samples"
+
+
+def _check_tolerance(tolerance: Any) -> None:
+    if isinstance(tolerance, bool) or not isinstance(
+        tolerance, int | float | np.number
+    ):
+        raise TypeError(
+            "Expected `tolerance` to be a number, the largest difference a "
+            f"float32 export may have, e.g. 1e-5. Received: tolerance={tolerance!r}"
+        )
+    if np.isnan(tolerance):
+        raise ValueError(f"Expected `tolerance` to be a number. Received: {tolerance}")
+
+
+def _check_samples(model: keras.Model, x: np.ndarray) -> None:
+    """Raises, before any export work, for no samples or samples of another
+    shape than the model takes (an artifact traced on them would take only
+    that shape)."""
+    if len(x) == 0:
+        raise ValueError(
+            "Expected at least one sample in `samples` for the parity check. "
+            "Received: none. Pass the run's data, or leave `samples` out for "
+            "random images."
+        )
+    expected = tuple(model.input_shape[1:])
+    if len(expected) != len(x.shape[1:]) or any(
+        want is not None and want != got
+        for want, got in zip(expected, x.shape[1:], strict=False)
+    ):
+        raise ValueError(
+            f"The samples have shape {tuple(x.shape[1:])}, but the model takes "
+            f"{expected}; nothing was written. Pass samples of the model's input "
+            "size (image files are loaded by its recipe)."
+        )
 
 
 def _arrays(model, data) -> tuple[np.ndarray, np.ndarray | None]:

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from transferkit.data.input_recipe import InputRecipe
 from transferkit.engine.inference import Predictions, predict, predict_function
+from transferkit.utils.checks import require_count
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -170,6 +171,7 @@ def predict_files(
             not given as `preprocess`, a path that does not exist, class
             folders that are not the model's classes, or no images at all.
     """
+    batch_size = require_count(batch_size, "batch_size")
     recipe = recipe or model_recipe(model)
     _check_recipe(recipe, model, preprocess)
     files, folders = image_files(paths)
@@ -273,13 +275,12 @@ def image_files(
 
 
 def are_paths(data: Any) -> bool:
-    """Whether `data` names files or folders: a path, or a non-empty list of
-    paths (a tuple is `(x, y)` data)."""
+    """Whether `data` names files or folders: a path, or a non-empty list or
+    tuple of paths (a tuple of arrays is `(x, y)` data)."""
     if isinstance(data, str | os.PathLike):
         return True
     return (
         isinstance(data, Sequence)
-        and not isinstance(data, tuple)
         and bool(data)
         and all(isinstance(item, str | os.PathLike) for item in data)
     )

@@ -40,6 +40,12 @@ def check_target(target: Path, format: str, overwrite: bool) -> None:
     Raises:
         ValueError: naming the path and what stands there.
     """
+    if target.name in ("", ".", ".."):
+        raise ValueError(
+            "Expected `path` to name the export to create (a folder for "
+            "tf_saved_model, a file for the others), e.g. 'exports/model'. "
+            f"Received: path={str(target)!r}"
+        )
     parent = target.parent
     if not parent.is_dir():
         raise ValueError(
