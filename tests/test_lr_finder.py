@@ -136,11 +136,43 @@ def test_the_suggestion_is_the_steepest_fall_before_the_minimum():
     assert lowest == pytest.approx(1e-2, rel=0.13)
 
 
+def test_a_suggestion_is_only_a_rate_tried_where_the_loss_fell():
+    rates = list(np.logspace(-7, -5, 20))
+    assert suggest_rate(rates, [1.0] * 20) == (None, None)  # Never fell.
+    assert suggest_rate(rates, [np.nan] + [1.0] * 19) == (None, None)
+    rising = list(np.linspace(1.0, 2.0, 20))
+    assert suggest_rate(rates, rising) == (None, None)
+    falls_then_nan = [2.0, 1.5, 1.0, 0.8, np.nan, 0.1] + [0.1] * 14
+    steepest, lowest = suggest_rate(rates, falls_then_nan)
+    assert steepest in rates[:4] and lowest == rates[3]  # Before the NaN only.
+
+
+def test_a_sweep_stops_at_a_non_finite_loss_and_suggests_nothing():
+    x, y = make_data()
+    x = np.full_like(x, np.nan)
+    sweep = make_run().find_learning_rate((x, y), steps=10)
+    assert sweep.stopped == (
+        f"at step 1 of 10: the loss was nan (not finite) at the rate "
+        f"{sweep.learning_rates[0]:.3g}"
+    )
+    assert sweep.suggested is None and sweep.minimum_rate is None
+    assert sweep.rule.startswith("none: the smoothed loss never fell")
+
+
+def test_non_finite_sweep_bounds_are_refused():
+    run = make_run()
+    for bounds in ({"max_lr": float("inf")}, {"min_lr": float("nan")}):
+        with pytest.raises(
+            ValueError, match=r"Expected finite rates 0 < min_lr < max_lr"
+        ):
+            run.find_learning_rate(make_data(), **bounds)
+
+
 def test_bad_sweep_settings_are_refused():
     run = make_run()
     with pytest.raises(
         ValueError,
-        match=r"Expected 0 < min_lr < max_lr. Received: min_lr=1.0, max_lr=0.1",
+        match=r"Expected finite rates 0 < min_lr < max_lr. Received: min_lr=1.0, max_lr=0.1",
     ):
         run.find_learning_rate(make_data(), min_lr=1.0, max_lr=0.1)
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)

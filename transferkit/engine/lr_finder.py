@@ -11,7 +11,10 @@ more than computing them.
 
 The suggestion follows fastai's "steepest" rule: the rate where the smoothed
 loss falls fastest against the logarithm of the rate, before its minimum;
-`minimum_rate / 10` is given beside it.
+`minimum_rate` is given beside it. A suggestion is only ever a rate the sweep
+tried, at a step where the loss fell and every loss so far was finite; where
+there is none (the loss never fell, or the first step's was not finite),
+`suggested` is `None` and `rule` says why.
 
 Afterwards everything is as it was: every variable of the model (weights,
 BatchNorm statistics, random-seed states), the trainable flags, the model's
@@ -52,10 +55,11 @@ class LearningRateSweep:
     """The loss of each step's batch, at the rate of that step."""
     smoothed: tuple[float, ...]
     """`losses` smoothed by an exponential moving average, bias-corrected."""
-    suggested: float
-    """The rate where the smoothed loss falls fastest (`rule`)."""
-    minimum_rate: float
-    """The rate of the lowest smoothed loss."""
+    suggested: float | None
+    """The rate where the smoothed loss falls fastest (`rule`), or `None`
+    where the loss never fell (`rule` says why)."""
+    minimum_rate: float | None
+    """The rate of the lowest smoothed loss, or `None` with no suggestion."""
     rule: str
     stopped: str
     """Why the sweep ended: after its steps, or where the loss diverged."""
@@ -74,13 +78,20 @@ class LearningRateSweep:
         """The sweep of `found`, `(rates, losses, smoothed, stopped)`."""
         rates, losses, smoothed, stopped = found
         steepest, lowest = suggest_rate(rates, smoothed)
+        rule = "steepest descent of the smoothed loss before its minimum"
+        if steepest is None:
+            rule = (
+                f"none: the smoothed loss never fell over the rates tried "
+                f"({rates[0]:.3g} to {rates[-1]:.3g}) while finite; lower min_lr, "
+                "or check the data and the loss"
+            )
         return cls(
             learning_rates=tuple(rates),
             losses=tuple(losses),
             smoothed=tuple(smoothed),
             suggested=steepest,
             minimum_rate=lowest,
-            rule="steepest descent of the smoothed loss before its minimum",
+            rule=rule,
             stopped=stopped,
             trained=tuple(trained),
             cache=cache,
@@ -102,11 +113,13 @@ class LearningRateSweep:
 
 def suggest_rate(
     rates: Sequence[float], smoothed: Sequence[float]
-) -> tuple[float, float]:
+) -> tuple[float | None, float | None]:
     """`(steepest, minimum)`: the rate at the most negative slope of the
     smoothed loss against log10(rate) before its minimum (skipping the first
     tenth of the steps, where the average is still settling), and the rate
-    of the minimum.
+    of the minimum; over the steps before the first non-finite loss.
+    `(None, None)` where the loss never fell below the first step's: every
+    rate returned is one the sweep tried, where the loss fell.
 
     >>> rates = [10 ** (k / 4 - 4) for k in range(12)]
     >>> losses = [2.0, 2.0, 1.95, 1.8, 1.2, 0.9, 0.8, 0.75, 0.7, 1.5, 3.0, 9.0]
@@ -114,22 +127,34 @@ def suggest_rate(
     >>> round(steepest, 6), round(lowest, 6)
     (0.001, 0.01)
     """
-    rates, smoothed = np.asarray(rates), np.asarray(smoothed)
+    rates, smoothed = np.asarray(rates, float), np.asarray(smoothed, float)
+    finite = np.isfinite(smoothed)
+    count = len(smoothed) if finite.all() else int(np.argmin(finite))
+    rates, smoothed = rates[:count], smoothed[:count]
+    if count < 2 or not smoothed.min() < smoothed[0]:
+        return None, None
     lowest = int(np.argmin(smoothed))
     start = min(len(rates) // 10, max(lowest - 1, 0))
     if lowest - start < 2:
-        return float(rates[lowest]) / 10, float(rates[lowest])
+        start = 0
     slopes = np.gradient(
         smoothed[start : lowest + 1], np.log10(rates[start : lowest + 1])
     )
-    return float(rates[start + int(np.argmin(slopes))]), float(rates[lowest])
+    steepest = int(np.argmin(slopes))
+    if not slopes[steepest] < 0:
+        return None, None
+    return float(rates[start + steepest]), float(rates[lowest])
 
 
 def check_settings(min_lr, max_lr, steps, smoothing, divergence) -> None:
     """Raises for sweep settings out of range, naming them."""
-    if not 0 < min_lr < max_lr:
+    bounds = (min_lr, max_lr)
+    if not all(
+        not isinstance(b, bool) and isinstance(b, int | float | np.number)
+        for b in bounds
+    ) or not (0 < min_lr < max_lr and math.isfinite(max_lr)):
         raise ValueError(
-            "Expected 0 < min_lr < max_lr. Received: "
+            "Expected finite rates 0 < min_lr < max_lr. Received: "
             f"min_lr={min_lr!r}, max_lr={max_lr!r}"
         )
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
@@ -172,7 +197,13 @@ def sweep_learning_rate(
             losses.append(float(loss))
             average = smoothing * average + (1 - smoothing) * losses[-1]
             smoothed.append(average / (1 - smoothing ** (step + 1)))
-            if not math.isfinite(smoothed[-1]) or smoothed[-1] > divergence * best:
+            if not math.isfinite(losses[-1]):
+                stopped = (
+                    f"at step {step + 1} of {steps}: the loss was {losses[-1]} "
+                    f"(not finite) at the rate {rates[step]:.3g}"
+                )
+                return rates[: step + 1], losses, smoothed, stopped
+            if smoothed[-1] > divergence * best:
                 stopped = (
                     f"at step {step + 1} of {steps}: the smoothed loss "
                     f"{smoothed[-1]:.4g} exceeded {divergence:g} times its lowest"

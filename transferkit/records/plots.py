@@ -151,10 +151,13 @@ def plot_learning_rate_sweep(sweep):
     figure, axis = plt.subplots(figsize=(6.5, 4))
     axis.plot(sweep.learning_rates, sweep.losses, ".", alpha=0.35, label="batch loss")
     axis.plot(sweep.learning_rates, sweep.smoothed, "-", label="smoothed")
-    axis.axvline(sweep.suggested, color="C2", linestyle="--")
+    if sweep.suggested is not None:
+        axis.axvline(sweep.suggested, color="C2", linestyle="--")
     axis.annotate(
-        f"suggested {sweep.suggested:.2g}\n({sweep.rule})",
-        xy=(sweep.suggested, 0.95),
+        f"suggested {sweep.suggested:.2g}\n({sweep.rule})"
+        if sweep.suggested is not None
+        else f"no suggestion ({sweep.rule})",
+        xy=(sweep.suggested or sweep.learning_rates[0], 0.95),
         xycoords=("data", "axes fraction"),
         va="top",
         fontsize=8,
