@@ -509,6 +509,15 @@ def test_exports_and_predictions_check_their_arguments_before_any_work(
             export(run.model, tmp_path / "m", verbose=False, **options)
     with pytest.raises(ValueError, match=r"Expected `path` to name the export"):
         export(run.model, ".", verbose=False)
+    zoo = tmp_path / "zoo"
+    shutil.copytree(images / "class_1", zoo / "zebra")
+    with pytest.raises(
+        ValueError,
+        match=r"class folders named as the model's classes \['class_0', 'class_1', "
+        r"'class_2'\], .*; the folders \['zebra'\] are not among them. Nothing was",
+    ):
+        export(run.model, tmp_path / "m", test_data=zoo, verbose=False)
+    shutil.rmtree(zoo)
     assert list(tmp_path.iterdir()) == []
 
     with pytest.raises(TypeError, match=r"Received: batch_size=2.5"):

@@ -166,6 +166,7 @@ def export(
     started = time.perf_counter()
     target = _check_arguments(path, format, quantize, overwrite, samples)
     _check_tolerance(tolerance)
+    _check_test_folders(model, test_data)
     x, origin = _parity_samples(model, samples)
     partial = staging_path(target)
     try:
@@ -351,6 +352,28 @@ def _check_tolerance(tolerance: Any) -> None:
         )
     if np.isnan(tolerance):
         raise ValueError(f"Expected `tolerance` to be a number. Received: {tolerance}")
+
+
+def _check_test_folders(model: keras.Model, test_data: Any) -> None:
+    """Raises, before any export work, for `test_data` given as image files
+    that are not in class folders named as the model's classes."""
+    if test_data is None or not are_paths(test_data):
+        return
+    _, folders = image_files(test_data)
+    names = list(getattr(model, "class_names", None) or ())
+    unknown = sorted({folder for folder in folders if folder is not None} - set(names))
+    loose = sum(folder is None for folder in folders)
+    if unknown or loose:
+        found = (
+            f"the folders {unknown} are not among them"
+            if unknown
+            else f"{loose} images lie outside class folders"
+        )
+        raise ValueError(
+            "Expected `test_data` as class folders named as the model's classes "
+            f"{names or '(the model has no class names)'}, for the accuracy "
+            f"before and after export; {found}. Nothing was written."
+        )
 
 
 def _check_samples(model: keras.Model, x: np.ndarray) -> None:
