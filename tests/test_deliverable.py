@@ -531,3 +531,41 @@ def test_exports_and_predictions_check_their_arguments_before_any_work(
     assert "Expected `batch_size` to be a positive integer. Received: batch_size=0" in (
         capsys.readouterr().err
     )
+
+
+def test_a_bad_image_file_is_named_and_skipped_or_refused(trained, tmp_path, capsys):
+    """A zero-byte PNG, a truncated one and a text file among the images:
+    predictions name and skip them (or refuse them all, strictly); an
+    export refuses its data naming them, before any work."""
+    run, images, root = trained
+    folder = tmp_path / "images"
+    shutil.copytree(images, folder)
+    good = sorted((folder / "class_0").iterdir())[0].read_bytes()
+    (folder / "class_0" / "empty.png").write_bytes(b"")
+    (folder / "class_1" / "truncated.png").write_bytes(good[: len(good) // 2])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+
+    predictions = run.predict([folder, notes])
+
+    assert len(predictions.files) == 24
+    skipped = dict(predictions.skipped)
+    assert skipped[str(folder / "class_0" / "empty.png")] == "an empty file"
+    assert skipped[str(folder / "class_1" / "truncated.png")].startswith(
+        "not a readable image: "
+    )
+    assert "Unknown image file format" in skipped[str(notes)]
+    assert "Skipped 3 files that are no readable image:" in predictions.table()
+    with pytest.raises(ValueError, match=r"3 of 27 files are no readable image: .*"
+                       r"empty.png' \(an empty file\).* Nothing was predicted"):  # fmt: skip
+        predict_files(run.model, [folder, notes], strict=True)
+    command = ["predict", str(root / "run"), str(folder), "--format", "csv"]
+    assert main(command) == 0
+    printed = capsys.readouterr()
+    assert len(
+        printed.out.strip().splitlines()
+    ) == 25 and "empty.png: an empty file" in (printed.err)
+    assert main([*command, "--strict"]) == 2
+    with pytest.raises(ValueError, match=r"files for the export are no readable image"):
+        export(run.model, tmp_path / "m", samples=folder, verbose=False)
+    assert not (tmp_path / "m").exists()

@@ -72,6 +72,11 @@ def _add_predict(commands) -> None:
         action="store_true",
         help="replace the --output file if it exists (refused otherwise)",
     )
+    command.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse all if a file is no readable image (default: skip it, listed)",
+    )
     command.add_argument("--batch-size", type=int, default=32)
 
 
@@ -114,7 +119,11 @@ def _predict(args) -> int:
             "replace it, or choose another --output."
         )
     model = load_trained_model(args.model)
-    predictions = predict_files(model, args.paths, batch_size=args.batch_size)
+    predictions = predict_files(
+        model, args.paths, batch_size=args.batch_size, strict=args.strict
+    )
+    if args.format == "csv" and predictions.skipped:  # The table and JSON list them.
+        print("\n".join(predictions.skipped_lines()).strip(), file=sys.stderr)
     text = {
         "table": predictions.table,
         "csv": predictions.to_csv,

@@ -48,6 +48,7 @@ import tensorflow as tf
 
 from transferkit.engine.inference import predict
 from transferkit.errors import ExportParityError
+from transferkit.serving.image_check import describe_unreadable, unreadable_images
 from transferkit.serving.predictions import are_paths, image_files, model_recipe
 from transferkit.serving.targets import check_target, land, remove, staging_path
 from transferkit.utils.io import atomic_write
@@ -359,7 +360,14 @@ def _check_test_folders(model: keras.Model, test_data: Any) -> None:
     that are not in class folders named as the model's classes."""
     if test_data is None or not are_paths(test_data):
         return
-    _, folders = image_files(test_data)
+    files, folders = image_files(test_data)
+    bad = unreadable_images(files)
+    if bad:
+        raise ValueError(
+            f"{len(bad)} of {len(files)} files of `test_data` are no readable "
+            f"image: {describe_unreadable(files, bad)}. Nothing was written; "
+            "remove them from the folder."
+        )
     names = list(getattr(model, "class_names", None) or ())
     unknown = sorted({folder for folder in folders if folder is not None} - set(names))
     loose = sum(folder is None for folder in folders)
@@ -405,6 +413,13 @@ def _arrays(model, data) -> tuple[np.ndarray, np.ndarray | None]:
     if are_paths(data):
         recipe = model_recipe(model)
         files, folders = image_files(data)
+        bad = unreadable_images(files)
+        if bad:
+            raise ValueError(
+                f"{len(bad)} of {len(files)} files for the export are no readable "
+                f"image: {describe_unreadable(files, bad)}. Nothing was written; "
+                "remove them from the folder."
+            )
         x = np.concatenate([b.numpy() for b in recipe.dataset(files, 64)])
         names = list(getattr(model, "class_names", None) or ())
         if all(f is not None for f in folders) and set(folders) <= set(names):

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from transferkit.data.input_recipe import InputRecipe
 from transferkit.engine.inference import Predictions, predict, predict_function
+from transferkit.serving.image_check import describe_unreadable, unreadable_images
 from transferkit.utils.checks import require_count
 
 __all__ = [
@@ -55,6 +56,10 @@ class FilePredictions(Predictions):
 
     class_names: tuple[str, ...] = ()
     """The model's class names (`"0"`, `"1"`... where it has none)."""
+
+    skipped: tuple[tuple[str, str], ...] = ()
+    """`(path, why)` of each file skipped as not a readable image (empty,
+    not an image, damaged); not in `files`."""
 
     @property
     def predicted_names(self) -> list[str]:
@@ -116,6 +121,8 @@ class FilePredictions(Predictions):
 
     def to_json(self) -> str:
         summary = {"predictions": self.records()}
+        if self.skipped:
+            summary["skipped"] = [{"file": f, "why": why} for f, why in self.skipped]
         if self.labels is not None:
             summary["accuracy"] = self.accuracy
             summary["confusion_matrix"] = self.confusion()
@@ -140,7 +147,15 @@ class FilePredictions(Predictions):
                 f"\nAccuracy: {self.accuracy:.2%} ({right} of {len(self.files)} "
                 "files in class folders)"
             )
+        lines += self.skipped_lines()
         return "\n".join(lines)
+
+    def skipped_lines(self) -> list[str]:
+        """What was skipped, for people; empty when nothing was."""
+        if not self.skipped:
+            return []
+        lines = [f"\nSkipped {len(self.skipped)} files that are no readable image:"]
+        return lines + [f"  {path}: {why}" for path, why in self.skipped]
 
 
 def predict_files(
@@ -150,6 +165,7 @@ def predict_files(
     recipe: InputRecipe | None = None,
     batch_size: int = 32,
     preprocess: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    strict: bool = False,
 ) -> FilePredictions:
     """The model's predictions for image files and folders.
 
@@ -164,6 +180,9 @@ def predict_files(
             model whose training pipeline changed the images after loading
             (e.g. `keras.applications.mobilenet_v2.preprocess_input` in a
             `map`). Defaults to `None`.
+        strict: refuse the whole call if any file is no readable image,
+            instead of skipping it (and listing it in `skipped`). Defaults
+            to `False`.
 
     Raises:
         ValueError: for a model without a recipe (none given), a recipe
@@ -175,6 +194,7 @@ def predict_files(
     recipe = recipe or model_recipe(model)
     _check_recipe(recipe, model, preprocess)
     files, folders = image_files(paths)
+    files, folders, skipped = _readable(files, folders, strict)
     names, labels = _labels(model, folders)
     dataset = recipe.dataset(files, batch_size)
     if preprocess is not None:
@@ -186,7 +206,27 @@ def predict_files(
         labels=labels,
         files=tuple(map(str, files)),
         class_names=names,
+        skipped=skipped,
     )
+
+
+def _readable(files, folders, strict: bool):
+    """The files that decode as images, their folders, and `(path, why)` of
+    the others; raises with `strict`, or when none is readable."""
+    bad = unreadable_images(files)
+    if bad and (strict or len(bad) == len(files)):
+        raise ValueError(
+            f"{len(bad)} of {len(files)} files are no readable image: "
+            f"{describe_unreadable(files, bad)}. Nothing was predicted"
+            + (
+                "; remove them, or pass strict=False to skip them."
+                if len(bad) < len(files)
+                else "."
+            )
+        )
+    keep = [i for i in range(len(files)) if i not in bad]
+    skipped = tuple((str(files[i]), why) for i, why in bad.items())
+    return [files[i] for i in keep], [folders[i] for i in keep], skipped
 
 
 def _labels(model, folders) -> tuple[tuple[str, ...], np.ndarray | None]:
