@@ -113,6 +113,52 @@ def test_an_augmenting_dataset_runs_uncached_and_says_why():
     assert declared.cached_layers > 0 and declared.cache_code == "covers_frozen"
 
 
+def test_a_dataset_that_runs_python_code_runs_uncached_unless_declared():
+    """Noise drawn by NumPy inside a tf.py_function, or by a generator, is
+    no random operation of the graph; the cache cannot see it, so it does
+    not cache such a pipeline unless told it gives the same samples."""
+    x, y = make_data(samples=16)
+
+    def noisy(images):
+        return images + np.random.normal(size=images.shape).astype("float32")
+
+    def generated():
+        for index in range(16):
+            yield noisy(x[index]), y[index]
+
+    mapped = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .batch(8)
+        .map(lambda x, y: (tf.py_function(noisy, [x], tf.float32), y))
+        .map(lambda x, y: (tf.ensure_shape(x, (None, *IMAGE_SHAPE)), y))
+    )
+    generator = tf.data.Dataset.from_generator(
+        generated,
+        output_signature=(
+            tf.TensorSpec(IMAGE_SHAPE, tf.float32),
+            tf.TensorSpec((), tf.int64),
+        ),
+    ).batch(8)
+    generator = generator.apply(tf.data.experimental.assert_cardinality(2))
+    for dataset, operation in ((mapped, "EagerPyFunc"), (generator, "PyFunc")):
+        results = {}
+        for cache_datasets in (True, "deterministic"):
+            run = TransferRun(
+                grouped(),
+                optimizer="sgd",
+                loss=SPARSE,
+                verbose=0,
+                speed=Speed(cache_datasets=cache_datasets),
+            )
+            results[cache_datasets] = run.fine_tune(
+                dataset, freeze="features", epochs=1
+            )
+        uncached, declared = results[True], results["deterministic"]
+        assert (uncached.cached_layers, uncached.cache_code) == (0, "dataset_opaque")
+        assert operation in uncached.cache and "whose draws the cache" in uncached.cache
+        assert declared.cache_code == "covers_frozen"
+
+
 def grouped(front=(), features=None):
     """`front` groups, then 'features' (frozen by the tests) and a head."""
     features = LayerGroup(

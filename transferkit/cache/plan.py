@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from transferkit.groups import tree
 from transferkit.groups.behaviour import (
+    dataset_opaque_operations,
     dataset_random_operations,
     first_varying_layer,
     input_spec,
@@ -67,6 +68,8 @@ CODES = {
     "dataset_not_declared": "a tf.data.Dataset, and cache_datasets=False",
     "dataset_endless": "an endless tf.data.Dataset",
     "dataset_random": "the dataset's pipeline draws random numbers",
+    "dataset_opaque": "the dataset's pipeline runs Python code the cache cannot "
+    "read (tf.py_function, tf.numpy_function, Dataset.from_generator)",
     "dataset_steps": "an epoch is steps_per_epoch batches of the dataset",
     "too_large": "the cache would exceed feature_cache_memory where it may "
     "not use files",
@@ -165,6 +168,17 @@ def plan_phase_cache(
                 "instead, or pass cache_datasets='deterministic' if the "
                 "pipeline gives the same samples every epoch all the same",
                 "dataset_random",
+            )
+        opaque = dataset_opaque_operations(x)
+        if opaque and cache_datasets != "deterministic":
+            return CachePlan(
+                0,
+                f"`{argument}` runs Python code in its pipeline ({', '.join(opaque)}: "
+                "a tf.py_function, tf.numpy_function or Dataset.from_generator), "
+                "whose draws the cache cannot see: cached, every epoch could see "
+                "the first epoch's samples. Pass cache_datasets='deterministic' if "
+                "the pipeline gives the same samples every epoch",
+                "dataset_opaque",
             )
     return plan_cache(model, frozen, views)
 

@@ -33,6 +33,7 @@ __all__ = [
     "dataset_random_operations",
     "first_varying_layer",
     "input_spec",
+    "dataset_opaque_operations",
     "random_operations",
     "same_in_training",
     "trains_nothing",
@@ -62,9 +63,27 @@ def dataset_random_operations(dataset: tf.data.Dataset) -> list[str]:
     """The random operations a dataset's pipeline runs (see
     `random_operations`); empty for one that gives the same samples every
     epoch, in any order."""
+    return random_operations(_dataset_graph(dataset))
+
+
+_OPAQUE = re.compile(r"PyFunc|GeneratorDataset")
+"""Operation types that run Python code, whose draws no graph shows:
+`PyFunc` (`tf.numpy_function`), `EagerPyFunc` (`tf.py_function`),
+`GeneratorDataset` (`Dataset.from_generator`)."""
+
+
+def dataset_opaque_operations(dataset: tf.data.Dataset) -> list[str]:
+    """The operations of a dataset's pipeline that run Python code, which
+    may give other samples every epoch without a random operation in the
+    graph; sorted, each once."""
+    graph = _dataset_graph(dataset)
+    nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+    return sorted({node.op for node in nodes if _OPAQUE.search(node.op)})
+
+
+def _dataset_graph(dataset: tf.data.Dataset) -> graph_pb2.GraphDef:
     serialized = dataset._as_serialized_graph()  # What tf.data itself saves.
-    graph = graph_pb2.GraphDef.FromString(serialized.numpy())
-    return random_operations(graph)
+    return graph_pb2.GraphDef.FromString(serialized.numpy())
 
 
 def trains_nothing(layers: Sequence[keras.Layer]) -> bool:
