@@ -159,6 +159,20 @@ def test_a_dataset_that_runs_python_code_runs_uncached_unless_declared():
         assert declared.cache_code == "covers_frozen"
 
 
+def test_a_sweep_before_a_phase_with_augmented_views_runs_and_keeps_them():
+    """The sweep takes no views (they are the phase's), so it runs on the
+    data as it is; the phase after it still caches its augmented views."""
+    data = make_data(samples=24)
+    model = grouped([front("augment", layers.RandomFlip(name="flip"))])
+    run = TransferRun(model, optimizer="sgd", loss=SPARSE, verbose=0)
+
+    sweep = run.find_learning_rate(data, freeze="features", steps=5)
+    result = run.fine_tune(data, freeze="features", epochs=1, augmented_views=2)
+
+    assert len(sweep.learning_rates) == 5
+    assert (result.cached_layers, result.cache_code) == (3, "augmented_views")
+
+
 def grouped(front=(), features=None):
     """`front` groups, then 'features' (frozen by the tests) and a head."""
     features = LayerGroup(
