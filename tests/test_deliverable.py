@@ -14,7 +14,13 @@ import tensorflow as tf
 from conftest import image_folder, make_data, make_model
 from keras import layers
 
-from transferkit import ImagenetPreprocessing, LayerGroup, TransferRun, export
+from transferkit import (
+    ImagenetPreprocessing,
+    LayerGroup,
+    TransferRun,
+    attach_groups,
+    export,
+)
 from transferkit.cli import main
 from transferkit.data.input_recipe import InputRecipe, recipe_of_dataset
 from transferkit.engine.inference import predict
@@ -569,3 +575,42 @@ def test_a_bad_image_file_is_named_and_skipped_or_refused(trained, tmp_path, cap
     with pytest.raises(ValueError, match=r"files for the export are no readable image"):
         export(run.model, tmp_path / "m", samples=folder, verbose=False)
     assert not (tmp_path / "m").exists()
+
+
+def test_export_refuses_a_model_of_several_inputs_naming_them(tmp_path):
+    inputs = {
+        "tokens": keras.Input((4,), name="tokens"),
+        "mask": keras.Input((4,), name="mask"),
+    }
+    joined = layers.Concatenate()([inputs["tokens"], inputs["mask"]])
+    model = keras.Model(
+        inputs, layers.Dense(2, activation="softmax")(joined), name="two"
+    )
+
+    with pytest.raises(
+        ValueError,
+        match=r"model 'two' takes 2 \(\['(mask|tokens)', '(mask|tokens)'\]\)\. Nothing was written",
+    ):
+        export(model, tmp_path / "m", verbose=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predictions_of_a_model_of_named_inputs_name_a_missing_one():
+    inputs = {
+        "tokens": keras.Input((4,), name="tokens"),
+        "mask": keras.Input((4,), name="mask"),
+    }
+    joined = layers.Concatenate(name="join")([inputs["tokens"], inputs["mask"]])
+    model = keras.Model(
+        inputs, layers.Dense(2, activation="softmax", name="head")(joined)
+    )
+    groups = LayerGroup.match(model, {"join": "join", "head": "head"})
+    run = TransferRun(attach_groups(model, groups), optimizer="sgd", loss="mse")
+    x = np.ones((3, 4), "float32")
+
+    with pytest.raises(
+        ValueError,
+        match=r"Expected `data` \(x\) to be a dict of the model's inputs, \['mask', 'tokens'\]. Received: \['tokens'\]",
+    ):
+        run.predict({"tokens": x})
+    assert run.predict({"tokens": x, "mask": x}).outputs.shape == (3, 2)

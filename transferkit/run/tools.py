@@ -15,9 +15,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import keras
+import numpy as np
 
 from transferkit.cache.kept import KeptCache
 from transferkit.data.prepare import Data
+from transferkit.data.several_inputs import prepare_inputs
 from transferkit.engine import inference, lr_finder
 from transferkit.engine.inference import Predictions
 from transferkit.engine.loop import DEFAULT_STEPS_PER_CALL, InMemoryLoop
@@ -213,6 +215,11 @@ def predict(
     if file_options:
         raise TypeError(
             f"{sorted(file_options)} apply to image files; `data` holds samples."
+        )
+    samples = data[0] if isinstance(data, tuple) else data
+    if isinstance(samples, Mapping):  # Inputs by name: checked as for training.
+        prepare_inputs(
+            samples, runner.model, "data", lambda value, _: np.asarray(value)
         )
     return inference.predict(runner.model, data, batch_size=batch_size)
 

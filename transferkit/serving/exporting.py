@@ -165,6 +165,7 @@ def export(
             `tolerance`; nothing is left at `path`.
     """
     started = time.perf_counter()
+    _check_one_input(model)
     target = _check_arguments(path, format, quantize, overwrite, samples)
     _check_tolerance(tolerance)
     _check_test_folders(model, test_data)
@@ -341,6 +342,23 @@ def _parity_samples(model, samples) -> tuple[np.ndarray, str]:
     x = _arrays(model, samples)[0].astype("float32")
     _check_samples(model, x)
     return x, "the given samples"
+
+
+def _check_one_input(model: keras.Model) -> None:
+    """Raises for a model of several inputs (a dict of token ids and masks,
+    say): export traces one batch of images."""
+    try:
+        inputs = keras.tree.flatten(model.inputs) if model.inputs else []
+    except (AttributeError, ValueError):  # A subclassed model never called.
+        return
+    if len(inputs) > 1:
+        names = [getattr(x, "name", "?") for x in inputs]
+        raise ValueError(
+            f"export serves a model of one input; model '{model.name}' takes "
+            f"{len(inputs)} ({names}). Nothing was written. Export it with Keras' "
+            "own model.export(path, format=...), whose input signature follows "
+            "the model's."
+        )
 
 
 def _check_tolerance(tolerance: Any) -> None:
