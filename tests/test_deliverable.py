@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -614,3 +615,26 @@ def test_predictions_of_a_model_of_named_inputs_name_a_missing_one():
     ):
         run.predict({"tokens": x})
     assert run.predict({"tokens": x, "mask": x}).outputs.shape == (3, 2)
+
+
+def test_a_full_disk_during_an_export_says_so_and_leaves_nothing(
+    trained, tmp_path, monkeypatch
+):
+    run, images, _ = trained
+    served = tmp_path / "served"
+    export(run.model, served, samples=images, verbose=False)
+    before = listing(served)
+
+    def full(self, path, **options):
+        Path(path).mkdir()
+        (Path(path) / "saved_model.pb").write_bytes(b"half")
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "export", full)
+    with pytest.raises(OSError, match=r"Could not write the tf_saved_model export in "
+                       r"'.*' \(No space left on device\); nothing was written"):  # fmt: skip
+        export(run.model, served, samples=images, overwrite=True, verbose=False)
+    assert listing(served) == before  # The earlier export is intact,
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]  # no staging.
+    with pytest.raises(TypeError, match="Received bytes; decode them first"):
+        run.predict(b"photo.png")

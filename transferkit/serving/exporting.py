@@ -268,14 +268,23 @@ def _write(model, path: Path, format: str, quantize, x: np.ndarray) -> None:
         options["target_spec"] = {
             "supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         }
-    with _quiet():
-        serving.export(
-            str(path),
-            format=format,
-            input_signature=signature,
-            verbose=False,
-            **options,
-        )
+    try:
+        with _quiet():
+            serving.export(
+                str(path),
+                format=format,
+                input_signature=signature,
+                verbose=False,
+                **options,
+            )
+    except (OSError, tf.errors.ResourceExhaustedError, tf.errors.UnknownError) as error:
+        # A full disk surfaces as TensorFlow's ResourceExhaustedError.
+        reason = str(getattr(error, "message", error)).strip().splitlines()[0]
+        raise OSError(
+            f"Could not write the {format} export in {str(path.parent)!r} "
+            f"({reason}); nothing was written, and what stood at the target is "
+            "as it was. Free space there, or export elsewhere."
+        ) from error
 
 
 def load_exported(path: str | os.PathLike, format: str) -> Callable:

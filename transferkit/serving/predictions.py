@@ -317,6 +317,13 @@ def image_files(
 def are_paths(data: Any) -> bool:
     """Whether `data` names files or folders: a path, or a non-empty list or
     tuple of paths (a tuple of arrays is `(x, y)` data)."""
+    if isinstance(data, bytes) or (
+        isinstance(data, list | tuple) and any(isinstance(i, bytes) for i in data)
+    ):
+        raise TypeError(
+            "Expected paths as text (str or pathlib.Path). Received bytes; "
+            "decode them first, e.g. path.decode()."
+        )
     if isinstance(data, str | os.PathLike):
         return True
     return (
