@@ -95,18 +95,8 @@ def test_an_augmenting_dataset_runs_uncached_and_says_why():
         .batch(8)
         .map(lambda x, y: (flip(x, training=True), y))
     )
-    results = {}
-    for cache_datasets in (True, "deterministic"):
-        run = TransferRun(
-            grouped(),
-            optimizer="sgd",
-            loss=SPARSE,
-            verbose=0,
-            speed=Speed(cache_datasets=cache_datasets),
-        )
-        results[cache_datasets] = run.fine_tune(dataset, freeze="features", epochs=1)
+    uncached, declared = fine_tuned_declaring(dataset)
 
-    uncached, declared = results[True], results["deterministic"]
     assert (uncached.cached_layers, uncached.cache_code) == (0, "dataset_random")
     assert "StatelessRandomUniformV2" in uncached.cache
     assert "cache_datasets='deterministic'" in uncached.cache
@@ -141,19 +131,7 @@ def test_a_dataset_that_runs_python_code_runs_uncached_unless_declared():
     ).batch(8)
     generator = generator.apply(tf.data.experimental.assert_cardinality(2))
     for dataset, operation in ((mapped, "EagerPyFunc"), (generator, "PyFunc")):
-        results = {}
-        for cache_datasets in (True, "deterministic"):
-            run = TransferRun(
-                grouped(),
-                optimizer="sgd",
-                loss=SPARSE,
-                verbose=0,
-                speed=Speed(cache_datasets=cache_datasets),
-            )
-            results[cache_datasets] = run.fine_tune(
-                dataset, freeze="features", epochs=1
-            )
-        uncached, declared = results[True], results["deterministic"]
+        uncached, declared = fine_tuned_declaring(dataset)
         assert (uncached.cached_layers, uncached.cache_code) == (0, "dataset_opaque")
         assert operation in uncached.cache and "whose draws the cache" in uncached.cache
         assert declared.cache_code == "covers_frozen"
@@ -171,6 +149,22 @@ def test_a_sweep_before_a_phase_with_augmented_views_runs_and_keeps_them():
 
     assert len(sweep.learning_rates) == 5
     assert (result.cached_layers, result.cache_code) == (3, "augmented_views")
+
+
+def fine_tuned_declaring(dataset):
+    """The results of one fine-tuning phase on `dataset` with
+    `cache_datasets=True`, and of one with `"deterministic"`."""
+    results = []
+    for cache_datasets in (True, "deterministic"):
+        run = TransferRun(
+            grouped(),
+            optimizer="sgd",
+            loss=SPARSE,
+            verbose=0,
+            speed=Speed(cache_datasets=cache_datasets),
+        )
+        results.append(run.fine_tune(dataset, freeze="features", epochs=1))
+    return results
 
 
 def grouped(front=(), features=None):

@@ -573,7 +573,7 @@ def test_a_bad_image_file_is_named_and_skipped_or_refused(trained, tmp_path, cap
         printed.out.strip().splitlines()
     ) == 25 and "empty.png: an empty file" in (printed.err)
     assert main([*command, "--strict"]) == 2
-    with pytest.raises(ValueError, match=r"files for the export are no readable image"):
+    with pytest.raises(ValueError, match=r"files of `samples` are no readable image"):
         export(run.model, tmp_path / "m", samples=folder, verbose=False)
     assert not (tmp_path / "m").exists()
 

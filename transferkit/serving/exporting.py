@@ -348,7 +348,7 @@ def _parity_samples(model, samples) -> tuple[np.ndarray, str]:
         rng = np.random.default_rng(0)
         x = rng.uniform(0, 255, (_RANDOM_SAMPLES, *shape)).astype("float32")
         return x, "random images in [0, 255]"
-    x = _arrays(model, samples)[0].astype("float32")
+    x = _arrays(model, samples, "samples")[0].astype("float32")
     _check_samples(model, x)
     return x, "the given samples"
 
@@ -387,14 +387,7 @@ def _check_test_folders(model: keras.Model, test_data: Any) -> None:
     that are not in class folders named as the model's classes."""
     if test_data is None or not are_paths(test_data):
         return
-    files, folders = image_files(test_data)
-    bad = unreadable_images(files)
-    if bad:
-        raise ValueError(
-            f"{len(bad)} of {len(files)} files of `test_data` are no readable "
-            f"image: {describe_unreadable(files, bad)}. Nothing was written; "
-            "remove them from the folder."
-        )
+    _, folders = _readable_files(test_data, "test_data")
     names = list(getattr(model, "class_names", None) or ())
     unknown = sorted({folder for folder in folders if folder is not None} - set(names))
     loose = sum(folder is None for folder in folders)
@@ -433,20 +426,31 @@ def _check_samples(model: keras.Model, x: np.ndarray) -> None:
         )
 
 
-def _arrays(model, data) -> tuple[np.ndarray, np.ndarray | None]:
+def _readable_files(data: Any, argument: str) -> tuple[list[Path], list]:
+    """The image files of `data` and their class folders; raises, naming
+    them, if any is no readable image."""
+    files, folders = image_files(data)
+    bad = unreadable_images(files)
+    if bad:
+        raise ValueError(
+            f"{len(bad)} of {len(files)} files of `{argument}` are no readable "
+            f"image: {describe_unreadable(files, bad)}. Nothing was written; "
+            "remove them from the folder."
+        )
+    return files, folders
+
+
+def _arrays(model, data, argument: str) -> tuple[np.ndarray, np.ndarray | None]:
     """`(x, class ids or None)` of data in any form `export` takes."""
     from transferkit.data.class_subset import ClassSubset
 
     if are_paths(data):
         recipe = model_recipe(model)
-        files, folders = image_files(data)
-        bad = unreadable_images(files)
-        if bad:
-            raise ValueError(
-                f"{len(bad)} of {len(files)} files for the export are no readable "
-                f"image: {describe_unreadable(files, bad)}. Nothing was written; "
-                "remove them from the folder."
-            )
+        files, folders = (
+            _readable_files(data, argument)
+            if argument == "samples"  # `test_data` was checked before any work.
+            else image_files(data)
+        )
         x = np.concatenate([b.numpy() for b in recipe.dataset(files, 64)])
         names = list(getattr(model, "class_names", None) or ())
         if all(f is not None for f in folders) and set(folders) <= set(names):
@@ -468,7 +472,7 @@ def _arrays(model, data) -> tuple[np.ndarray, np.ndarray | None]:
 def _accuracy(model, run, test_data) -> dict[str, float]:
     from transferkit.data.sample_weights import class_ids
 
-    x, y = _arrays(model, test_data)
+    x, y = _arrays(model, test_data, "test_data")
     if y is None:
         raise ValueError(
             "Expected labelled `test_data` (x, y), a dataset of (x, y), or class "
