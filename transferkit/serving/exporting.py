@@ -168,7 +168,7 @@ def export(
     _check_one_input(model)
     target = _check_arguments(path, format, quantize, overwrite, samples)
     _check_tolerance(tolerance)
-    _check_test_folders(model, test_data)
+    test = _test_arrays(model, test_data)
     x, origin = _parity_samples(model, samples)
     partial = staging_path(target)
     try:
@@ -182,7 +182,7 @@ def export(
                 f"{difference:.3g} on {len(x)} samples ({origin}), more than "
                 f"tolerance={tolerance:g}; nothing was written to {str(target)!r}."
             )
-        accuracy = None if test_data is None else _accuracy(model, run, test_data)
+        accuracy = None if test is None else _accuracy(model, run, *test)
         del run
         result = ExportResult(
             path=str(target),
@@ -382,12 +382,26 @@ def _check_tolerance(tolerance: Any) -> None:
         raise ValueError(f"Expected `tolerance` to be a number. Received: {tolerance}")
 
 
-def _check_test_folders(model: keras.Model, test_data: Any) -> None:
-    """Raises, before any export work, for `test_data` given as image files
-    that are not in class folders named as the model's classes."""
-    if test_data is None or not are_paths(test_data):
-        return
-    _, folders = _readable_files(test_data, "test_data")
+def _test_arrays(model: keras.Model, test_data: Any) -> tuple | None:
+    """`(x, y)` of `test_data`, loaded before any export work; raises for
+    data without labels, or image files that are not in class folders named
+    as the model's classes."""
+    if test_data is None:
+        return None
+    if are_paths(test_data):
+        _check_test_folders(model, image_files(test_data)[1])
+    x, y = _arrays(model, test_data, "test_data")
+    if y is None:
+        raise ValueError(
+            "Expected labelled `test_data` (x, y), a dataset of (x, y), or class "
+            "folders, for the accuracy before and after export."
+        )
+    return x, y
+
+
+def _check_test_folders(model: keras.Model, folders: list) -> None:
+    """Raises unless every test image lies in a class folder named as one
+    of the model's classes."""
     names = list(getattr(model, "class_names", None) or ())
     unknown = sorted({folder for folder in folders if folder is not None} - set(names))
     loose = sum(folder is None for folder in folders)
@@ -446,11 +460,7 @@ def _arrays(model, data, argument: str) -> tuple[np.ndarray, np.ndarray | None]:
 
     if are_paths(data):
         recipe = model_recipe(model)
-        files, folders = (
-            _readable_files(data, argument)
-            if argument == "samples"  # `test_data` was checked before any work.
-            else image_files(data)
-        )
+        files, folders = _readable_files(data, argument)
         x = np.concatenate([b.numpy() for b in recipe.dataset(files, 64)])
         names = list(getattr(model, "class_names", None) or ())
         if all(f is not None for f in folders) and set(folders) <= set(names):
@@ -469,15 +479,9 @@ def _arrays(model, data, argument: str) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(data), None
 
 
-def _accuracy(model, run, test_data) -> dict[str, float]:
+def _accuracy(model, run, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     from transferkit.data.sample_weights import class_ids
 
-    x, y = _arrays(model, test_data, "test_data")
-    if y is None:
-        raise ValueError(
-            "Expected labelled `test_data` (x, y), a dataset of (x, y), or class "
-            "folders, for the accuracy before and after export."
-        )
     truth = class_ids(y)
     ours = predict(model, x).predicted
     theirs = np.argmax(run(x.astype("float32")), axis=-1)
