@@ -33,6 +33,8 @@ _EXPORTS = {
     "Speed": "transferkit.phases.speed",
     "TransferRun": "transferkit.run.transfer_run",
     "attach_groups": "transferkit.groups.model_groups",
+    "clone_model": "transferkit.groups.copying",
+    "copy_groups": "transferkit.groups.copying",
     "export": "transferkit.serving.exporting",
     "load_report": "transferkit.records.report",
     "load_trained_model": "transferkit.run_folder.loading",
@@ -50,6 +52,8 @@ __all__ = [
     "Speed",
     "TransferRun",
     "attach_groups",
+    "clone_model",
+    "copy_groups",
     "export",
     "load_report",
     "load_trained_model",
@@ -75,6 +79,7 @@ if not _started_as_command():
 
 if TYPE_CHECKING:
     from transferkit.data.class_subset import ClassSubset, split_classes
+    from transferkit.groups.copying import clone_model, copy_groups
     from transferkit.groups.layer_group import GroupedSequential, LayerGroup
     from transferkit.groups.model_groups import attach_groups
     from transferkit.layers.preprocessing import ImagenetPreprocessing

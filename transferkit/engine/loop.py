@@ -11,7 +11,8 @@ It keeps what `fit` gives: the callbacks (epoch hooks, batch hooks once per
 call with the number of the call's last batch, `stop_training`), the
 progress bar, the `History`, the validation metrics (`val_` prefixed, from
 Keras' own `test_step`), seeded repeatability (the permutation is drawn from
-TensorFlow's global generator, which a seeded run seeds), and, through the
+TensorFlow's global generator, which a seeded run seeds at the start of
+every epoch, so that a resumed epoch draws what it drew before), and, through the
 callbacks the run adds, checkpoints and Ctrl-C after the epoch.
 
 Under a strategy (`transferkit.engine.distribution`) each step's global batch is

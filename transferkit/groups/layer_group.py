@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import keras
 
+from transferkit.groups import ownership
 from transferkit.groups.composition import (
     check_class_names,
     model_layers,
@@ -331,28 +332,39 @@ class GroupedSequential(keras.Sequential):
     included.
 
     Adding a further group, `model + head`, returns a new model over the same
-    layer objects; the layers, and so their weights, are shared.
+    layer objects; the layers, and so their weights, are shared. Once a model
+    is compiled (trained, or ready to train), a new model over its layers is
+    refused, unless `share_layers=True`: compose a copy instead
+    (`transferkit.clone_model`, `transferkit.copy_groups`).
 
     Args:
         groups: the groups, in order. Only the first may set an input shape.
         name: the model's name. Defaults to `None` (a Keras default name).
+        share_layers: whether the model may share layers with a compiled
+            model. Defaults to `False`: refused, naming the group and model.
     """
 
     def __init__(
         self,
         groups: Sequence[LayerGroup] = (),
         name: str | None = None,
+        share_layers: bool = False,
         **kwargs,
     ):
         groups = tuple(groups)
         check_groups(groups)
+        if not share_layers:
+            ownership.check_unshared(groups)
         layers = model_layers(groups)
         if groups and groups[0].input_shape is not None:
             layers.insert(0, keras.Input(shape=groups[0].input_shape))
         elif groups and groups[0].source is not None:
             layers.insert(0, keras.Input(shape=groups[0].source.input_shape[1:]))
         super().__init__(layers=layers, name=name, **kwargs)
+        ownership.register(self)
+        self._share_layers = share_layers
         self._layer_groups = groups
+        self._optimizer_variables: list[int] | None = None  # From a config.
         self._class_names: tuple[str, ...] | None = None
         self.input_recipe: dict | None = None
         """How the model's images were loaded in training (an
@@ -382,23 +394,27 @@ class GroupedSequential(keras.Sequential):
     ) -> GroupedSequential | GroupChain:
         return compose((*self._layer_groups, *_groups_of(other)))
 
-    def get_compile_config(self):
-        # The variables the optimizer was built for, by position among the
-        # model's weights: a phase may train fewer than are trainable after
-        # it (a backbone's BatchNormalization, frozen for the phase only).
-        config = super().get_compile_config()
+    def _optimizer_positions(self) -> list[int] | None:
+        """The variables the optimizer was built for, by position among the
+        model's weights: a phase may train fewer than are trainable after it
+        (a backbone's BatchNormalization, frozen for the phase only)."""
         optimizer = getattr(self, "optimizer", None)
         built_for = getattr(optimizer, "_trainable_variables", None)  # Keras' own.
-        if config and optimizer is not None and optimizer.built and built_for:
-            position = {id(w): i for i, w in enumerate(self.weights)}
-            trained = [position.get(id(v)) for v in built_for]
-            if None not in trained:
-                config["optimizer_variables"] = trained
-        return config
+        if optimizer is None or not optimizer.built or not built_for:
+            return None
+        position = {id(w): i for i, w in enumerate(self.weights)}
+        trained = [position.get(id(v)) for v in built_for]
+        return None if None in trained else trained
 
     def compile_from_config(self, config):
+        # The positions are in the model's config (`get_config`), not in the
+        # compile config, which Keras also hands to a plain `Sequential`
+        # (`keras.models.clone_model`). Run folders written before kept them
+        # in the compile config.
         config = dict(config)
         trained = config.pop("optimizer_variables", None)
+        trained = self._optimizer_variables if trained is None else trained
+        self._optimizer_variables = None
         if trained is None:
             return super().compile_from_config(config)
         self.compile(**keras.saving.deserialize_keras_object(config))
@@ -413,6 +429,9 @@ class GroupedSequential(keras.Sequential):
             config["class_names"] = list(self._class_names)
         if self.input_recipe is not None:
             config["input_recipe"] = dict(self.input_recipe)
+        trained = self._optimizer_positions()
+        if trained is not None:
+            config["optimizer_variables"] = trained
         return config
 
     @classmethod
@@ -421,8 +440,10 @@ class GroupedSequential(keras.Sequential):
         group_specs = config.pop("groups", [])
         class_names = config.pop("class_names", None)
         recipe = config.pop("input_recipe", None)
+        trained = config.pop("optimizer_variables", None)
         model = super().from_config(config, custom_objects=custom_objects)
         model.input_recipe = recipe
+        model._optimizer_variables = trained
         by_name = {layer.name: layer for layer in model.layers}
         groups = []
         for index, (group_name, layer_names, *flags) in enumerate(group_specs):

@@ -16,7 +16,7 @@ from typing import Any
 
 import keras
 
-from transferkit.groups import tree
+from transferkit.groups import ownership, tree
 from transferkit.groups.layer_group import (
     GroupChain,
     GroupedSequential,
@@ -146,3 +146,5 @@ def check_model(model: Any) -> None:
         raise ValueError(
             "Expected a model with at least one group. Received a model with none."
         )
+    if not getattr(model, "_share_layers", True):
+        ownership.check_unshared(groups.values(), besides=model)

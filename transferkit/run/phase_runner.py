@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -39,6 +38,7 @@ from transferkit.engine.optimizers import (
     fuse_updates,
     scale_learning_rates,
 )
+from transferkit.engine.seeding import EpochSeeds, reseed
 from transferkit.errors import NonFiniteError
 from transferkit.groups.layer_group import LayerGroup
 from transferkit.groups.model_groups import groups_of
@@ -187,6 +187,7 @@ class PhaseRunner:
         start and end. On any error, goes back to the last save."""
         frozen = self.freeze_for_phase(request.freeze)
         adaptation = Adaptation()
+        self._reseed("start")
         try:
             adaptation = adapt(groups_of(self.model).values(), spec.lora)
             with batch_norm_policy(self.model, spec.backbone_batch_norm) as batch_norm:
@@ -406,14 +407,22 @@ class PhaseRunner:
         self, record: PhaseRecord, optimizer: keras.optimizers.Optimizer
     ) -> None:
         """Loads the last saved epoch of a resumed phase (with its optimizer
-        state), and seeds the phase from where it starts."""
-        done = record.epochs_done
-        if done:
+        state), and seeds what the phase draws before its first epoch."""
+        if record.epochs_done:
             optimizer.build(self.model.trainable_variables)
         self.state.restore(record)
+        self._reseed("fill")
+
+    def _reseed(self, point: str) -> None:
+        """With a seed, every random state from it, the phase's position and
+        `point` (`transferkit.engine.seeding`)."""
         if self.settings.seed is not None:
-            index = len(self.results)
-            keras.utils.set_random_seed(_derived_seed(self.settings.seed, index, done))
+            reseed(self.model, self.settings.seed, len(self.results), point)
+
+    def _epoch_seeds(self) -> list[keras.callbacks.Callback]:
+        if self.settings.seed is None:
+            return []
+        return [EpochSeeds(self.model, self.settings.seed, len(self.results))]
 
     def _train(
         self,
@@ -443,7 +452,7 @@ class PhaseRunner:
             frozen=record.frozen_groups,
             epochs=record.epochs,
             initial_epoch=record.epochs_done,
-            callbacks=list(callbacks or ()),
+            callbacks=[*(callbacks or ()), *self._epoch_seeds()],
             verbose=self.settings.verbose if verbose is None else verbose,
             on_epoch_end=on_epoch_end,
             options=dataclasses.replace(
@@ -572,8 +581,3 @@ def batch_norm_policy(model: keras.Model, mode: str) -> Iterator[str]:
 def _stopwatch(started: float, *, earlier: float) -> Callable[[], float]:
     """Seconds since `started`, plus `earlier` ones (of interrupted sessions)."""
     return lambda: earlier + time.perf_counter() - started
-
-
-def _derived_seed(seed: int, phase: int, epoch: int) -> int:
-    text = f"{seed}/{phase}/{epoch}".encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:4], "little")

@@ -97,11 +97,14 @@ class TransferRun:
             by Ctrl-C, are always saved. Raise it when saving a large model
             costs more than the epochs it would spare after a crash.
             Defaults to `1`.
-        seed: makes the run repeatable. Each phase starts by seeding Python,
-            NumPy and TensorFlow from `seed`, the phase's position and the
-            epoch it starts at. Seed the model's construction yourself
-            (`keras.utils.set_random_seed`) before building it. Defaults to
-            `None`.
+        seed: makes the run repeatable, and a resumed run bitwise equal to
+            one that never stopped (with transferkit's loop). Python, NumPy,
+            TensorFlow and the seed generators of the model's layers are
+            seeded from `seed`, the phase's position and the epoch, at the
+            start of each phase and of each epoch
+            (`transferkit.engine.seeding`). Seed the model's construction
+            yourself (`keras.utils.set_random_seed`) before building it.
+            Defaults to `None`.
         check_finite: check array data for NaN and infinite values before
             each phase (one pass over the data). Defaults to `False`.
         precision: `"float32"`, `"mixed_bfloat16"`, `"mixed_float16"`, or
