@@ -45,6 +45,11 @@ VARIANTS = {
 }
 """Each variant's example options; `None` for the plain script."""
 
+VARIANT_KEYS = dict(
+    zip(("plain", "default", "fast", "fast-float32"), VARIANTS, strict=True)
+)
+"""The variants by the names `--variants` takes."""
+
 
 def run_process(command: list[str]) -> tuple[float, float, str]:
     """Runs `command`; returns wall seconds, its peak RSS in MiB and stdout."""
@@ -170,7 +175,19 @@ def main(argv=None) -> str:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANT_KEYS),
+        help="comma-separated, of " + ", ".join(VARIANT_KEYS) + " (default: all)",
+    )
     args = parser.parse_args(argv)
+    chosen = {}
+    for key in args.variants.split(","):
+        if key not in VARIANT_KEYS:
+            parser.error(
+                f"unknown variant {key!r}; expected one of {list(VARIANT_KEYS)}"
+            )
+        chosen[VARIANT_KEYS[key]] = VARIANTS[VARIANT_KEYS[key]]
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -181,9 +198,9 @@ def main(argv=None) -> str:
                 data = synthesize(
                     data, args.synthesize, scratch / "synth.npz", args.seed
                 )
-            results: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+            results: dict[str, list[dict]] = {name: [] for name in chosen}
             for repeat in range(args.repeats):  # Interleaved: drift hits all.
-                for name, options in VARIANTS.items():
+                for name, options in chosen.items():
                     if options is None:
                         timing = time_plain(data, args.epochs, args.seed)
                     else:

@@ -306,6 +306,8 @@ def test_every_public_exception_is_in_transferkit_errors():
 
 
 BENCHMARK_INTERNALS = {
+    "transferkit.cache.blocks.largest_activation",
+    "transferkit.cache.features.FeatureCache",
     "transferkit.data.prepare.prepare_data",
     "transferkit.engine.epoch_guard.non_finite_variables",
     "transferkit.engine.loop.InMemoryLoop",

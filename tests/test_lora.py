@@ -65,8 +65,10 @@ def test_a_lora_phase_keeps_the_base_weights_bitwise_and_merges_its_adapters():
     a, b = peek.adapters
     np.testing.assert_allclose(
         # An element near zero may differ by float32 rounding of the sum.
-        layer.kernel.numpy(), base["top_dense/kernel"] + (2 / 2) * a @ b,
-        rtol=1e-6, atol=1e-6,
+        layer.kernel.numpy(),
+        base["top_dense/kernel"] + (2 / 2) * a @ b,
+        rtol=1e-6,
+        atol=1e-6,
     )
     assert layer.bias.numpy().tobytes() == base["top_dense/bias"].tobytes()
     for name in ("top_norm/gamma", "top_norm/beta"):

@@ -19,6 +19,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from transferkit.cache.blocks import (
+    BlockSizer,
+    aligned_empty,
+    as_tensor,
+    largest_activation,
+)
 from transferkit.engine.inference import predict_function
 from transferkit.errors import CacheTooLarge
 from transferkit.records.layout import cache_file_name
@@ -28,14 +34,6 @@ from transferkit.utils.locks import LOCK_FILE, try_lock
 __all__ = [
     "FeatureCache",
 ]
-
-_FORWARD_BYTES = 2**23
-"""Bytes of input per forward pass while filling the cache: 1,024 MNIST
-digits, 76 images of 96x96x3 (a backbone's activations are tens of times
-its input; larger blocks only cost memory and bandwidth)."""
-
-_FORWARD_LIMITS = (32, 1024)
-"""The fewest and the most samples per forward pass."""
 
 
 class FeatureCache:
@@ -83,6 +81,9 @@ class FeatureCache:
         augmenting: int = 0,
     ):
         began = time.perf_counter()
+        self._layers = list(layers)
+        self.block_size: int | None = None
+        """Samples per forward pass over an array, as measured (or taken)."""
         # A dataset's first batch is read here once, for the probe and the
         # size; the features are computed in the pass below.
         firsts = [_first_batch(x) for x in inputs.values()]
@@ -90,6 +91,9 @@ class FeatureCache:
         forward = predict_function(layers, spec)
         augmented = predict_function(layers, spec, augmenting) if views > 1 else forward
         probe = forward(firsts[0][:1])
+        self.trace_seconds = time.perf_counter() - began
+        """Of `seconds`: reading the first batch, and tracing the forward
+        pass with a first sample through it."""
         self.views = views
         self.sample_shape = tuple(probe.shape[1:])
         self.dtype = probe.dtype.name
@@ -116,10 +120,12 @@ class FeatureCache:
         self.sample_weights: dict[str, np.ndarray] = {}  # Those a dataset yields.
         self.batch_sizes: dict[str, int] = {}
         try:
-            for name, x in inputs.items():
+            for (name, x), first in zip(inputs.items(), firsts, strict=True):
                 count = views if name == "train" else 1
                 functions = [augmented if count > 1 else forward] * count
-                self.features[name] = self._compute(name, x, functions, probe)
+                self.features[name] = self._compute(
+                    name, x, functions, probe, _rows(x, first)
+                )
             # Of a dataset, the rows read; of arrays, as computed above.
             self.nbytes = sum(len(f) for f in self.features.values()) * row_bytes
             self.seconds = time.perf_counter() - began  # To compute the features.
@@ -127,45 +133,92 @@ class FeatureCache:
             self.close()
             raise
 
-    def _compute(self, name, x, functions, probe):
-        """The features of `x`, one view per function, in memory or files."""
-        if self.folder is None:
+    def _compute(self, name, x, functions, probe, rows):
+        """The features of `x`, one view per function, in memory or files;
+        `rows` is its number of samples (for a dataset, at most that many;
+        0 if unknown)."""
+        if self.folder is not None:
+            return self._compute_files(name, x, functions, probe)
+        if not rows:  # A dataset of unknown length: blocks, then one copy.
             stores = [[] for _ in functions]
-        else:
-            stores = [
-                FeatureFile(
-                    self.folder / cache_file_name(name, view),
-                    self.sample_shape,
-                    probe.dtype.as_numpy_dtype,
-                )
-                for view in range(len(functions))
-            ]
-            views = FeatureViews(stores)
-            self.features[name] = views  # Closed if a write fails.
-        for batch in self._batches(name, x):
-            for store, function in zip(stores, functions, strict=True):
-                block = function(batch)
-                store.append(block if self.folder is None else block.numpy())
-        if self.folder is None:
-            # Blocks, then one copy: twice the cache, for a moment.
+            for _, batch in self._batches(name, x, probe):
+                for store, function in zip(stores, functions, strict=True):
+                    store.append(function(batch))
             return tf.concat([block for store in stores for block in store], axis=0)
+        views = len(functions)
+        out = aligned_empty(
+            (views * rows, *self.sample_shape), probe.dtype.as_numpy_dtype
+        )
+        done, spilled = 0, None
+        for start, batch in self._batches(name, x, probe):
+            blocks = [function(batch).numpy() for function in functions]
+            count = len(blocks[0])
+            if spilled is None and start + count > rows:
+                # A dataset's first batch was not its largest: the rest is
+                # kept in blocks and joined (one copy).
+                spilled = [
+                    [out[v * rows : v * rows + done].copy()] for v in range(views)
+                ]
+            if spilled is not None:
+                for store, block in zip(spilled, blocks, strict=True):
+                    store.append(block)
+                continue
+            for view, block in enumerate(blocks):
+                out[view * rows + start : view * rows + start + count] = block
+            done = start + count
+        if spilled is not None:
+            return tf.constant(np.concatenate([b for store in spilled for b in store]))
+        if done < rows:  # A dataset's short last batch: the views close up.
+            for view in range(1, views):
+                out[view * done : (view + 1) * done] = out[
+                    view * rows : view * rows + done
+                ]
+        return as_tensor(out[: views * done])
+
+    def _compute_files(self, name, x, functions, probe):
+        """The features of `x` in files, one per view."""
+        stores = [
+            FeatureFile(
+                self.folder / cache_file_name(name, view),
+                self.sample_shape,
+                probe.dtype.as_numpy_dtype,
+            )
+            for view in range(len(functions))
+        ]
+        views = FeatureViews(stores)
+        self.features[name] = views  # Closed if a write fails.
+        for _, batch in self._batches(name, x, probe):
+            for store, function in zip(stores, functions, strict=True):
+                store.append(function(batch).numpy())
         return stores[0] if len(stores) == 1 else views
 
-    def _batches(self, name, x):
-        """Input blocks of `x`; a dataset's labels go to `labels[name]`."""
+    def _batches(self, name, x, probe):
+        """`(first row, input block)` of `x`: an array's blocks sized by a
+        `BlockSizer` as they are computed (the caller computes each block
+        before asking for the next); a dataset's batches as it yields them,
+        its labels going to `labels[name]`."""
         if not isinstance(x, tf.data.Dataset):
-            block = _forward_block(x)
-            for start in range(0, len(x), block):
-                yield tf.constant(x[start : start + block])
+            activation = largest_activation(self._layers, x.shape[1:])
+            sizer = BlockSizer(len(x), activation * probe.dtype.size)
+            start = 0
+            while start < len(x):
+                size = sizer.next_size()
+                block = tf.constant(x[start : start + size])
+                began = time.perf_counter()
+                yield start, block  # The caller computes it here.
+                sizer.observe(int(block.shape[0]), time.perf_counter() - began)
+                start += size
+            self.block_size = sizer.chosen
             return
-        labels, weights = [], []
+        labels, weights, start = [], [], 0
         for batch in x:
             if not labels:
                 self.batch_sizes[name] = int(tf.shape(batch[0])[0])
             labels.append(np.asarray(batch[1]))
             if len(batch) > 2:  # (x, y, sample_weight)
                 weights.append(np.asarray(batch[2]))
-            yield batch[0]
+            yield start, batch[0]
+            start += len(labels[-1])
         self.labels[name] = np.concatenate(labels)
         if weights:
             self.sample_weights[name] = np.concatenate(weights)
@@ -276,14 +329,6 @@ def _rows(x, first: tf.Tensor) -> int:
     if batches < 0:
         return 0
     return batches * int(tf.shape(first)[0])
-
-
-def _forward_block(x) -> int:
-    """Samples per forward pass for the array `x`."""
-    itemsize = getattr(x.dtype, "itemsize", None) or tf.as_dtype(x.dtype).size
-    sample = math.prod(x.shape[1:]) * itemsize
-    low, high = _FORWARD_LIMITS
-    return max(low, min(high, _FORWARD_BYTES // max(1, sample)))
 
 
 class FeatureFile:
