@@ -88,17 +88,11 @@ def predict_seconds(layers, x) -> float:
     return time.perf_counter() - began
 
 
-def resident_peak() -> int:
-    """Bytes of the process's resident high-water mark (`VmHWM`)."""
+def resident(field: str = "VmRSS") -> int:
+    """Bytes of the process's resident memory (`VmRSS`) or its high-water
+    mark (`VmHWM`), from `/proc/self/status`."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def resident_now() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -110,11 +104,11 @@ def fill(layers, x) -> tuple[float, int, int, int, float]:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass  # The peak is then the process's, and only an upper bound.
-    before = resident_now()
+    before = resident()
     began = time.perf_counter()
     cache = FeatureCache(layers, {"train": x}, memory_limit=2**40)
     seconds = time.perf_counter() - began
-    peak = resident_peak() - before
+    peak = resident("VmHWM") - before
     nbytes, block, tracing = cache.nbytes, cache.block_size, cache.trace_seconds
     cache.close()
     return seconds, peak, nbytes, block, tracing

@@ -179,3 +179,21 @@ def test_a_dataset_whose_first_batch_is_its_smallest_is_cached_whole(views):
         cache.features["train"].numpy(), np.tile(x, (views, 1))
     )
     cache.close()
+
+
+def test_views_of_a_dataset_of_unknown_length_are_joined_in_order():
+    x = np.arange(10 * 3, dtype="float32").reshape(10, 3)
+    data = (
+        tf.data.Dataset.from_tensor_slices((x, np.arange(10)))
+        .filter(lambda *_: True)  # Its length is now unknown.
+        .batch(4)
+    )
+    assert int(data.cardinality()) == tf.data.UNKNOWN_CARDINALITY
+
+    cache = FeatureCache(
+        [layers.Flatten()], {"train": data}, memory_limit=2**30, views=2
+    )
+
+    np.testing.assert_array_equal(cache.features["train"].numpy(), np.tile(x, (2, 1)))
+    np.testing.assert_array_equal(cache.labels["train"], np.arange(10))
+    cache.close()

@@ -136,26 +136,18 @@ class FeatureCache:
     def _compute(self, name, x, functions, probe, rows):
         """The features of `x`, one view per function, in memory or files;
         `rows` is its number of samples (for a dataset, at most that many;
-        0 if unknown)."""
+        0 if unknown), for which one buffer is filled in place."""
         if self.folder is not None:
             return self._compute_files(name, x, functions, probe)
-        if not rows:  # A dataset of unknown length: blocks, then one copy.
-            stores = [[] for _ in functions]
-            for _, batch in self._batches(name, x, probe):
-                for store, function in zip(stores, functions, strict=True):
-                    store.append(function(batch))
-            return tf.concat([block for store in stores for block in store], axis=0)
-        views = len(functions)
-        out = aligned_empty(
-            (views * rows, *self.sample_shape), probe.dtype.as_numpy_dtype
-        )
+        views, dtype = len(functions), probe.dtype.as_numpy_dtype
+        out = aligned_empty((views * rows, *self.sample_shape), dtype)
         done, spilled = 0, None
         for start, batch in self._batches(name, x, probe):
             blocks = [function(batch).numpy() for function in functions]
             count = len(blocks[0])
             if spilled is None and start + count > rows:
-                # A dataset's first batch was not its largest: the rest is
-                # kept in blocks and joined (one copy).
+                # A dataset of unknown length, or whose first batch was not
+                # its largest: the rest is kept in blocks, joined at the end.
                 spilled = [
                     [out[v * rows : v * rows + done].copy()] for v in range(views)
                 ]
@@ -166,8 +158,10 @@ class FeatureCache:
             for view, block in enumerate(blocks):
                 out[view * rows + start : view * rows + start + count] = block
             done = start + count
-        if spilled is not None:
-            return tf.constant(np.concatenate([b for store in spilled for b in store]))
+        if spilled is not None:  # One copy, into a buffer read without one.
+            joined = [block for store in spilled for block in store]
+            out = aligned_empty((sum(map(len, joined)), *self.sample_shape), dtype)
+            return as_tensor(np.concatenate(joined, out=out))
         if done < rows:  # A dataset's short last batch: the views close up.
             for view in range(1, views):
                 out[view * done : (view + 1) * done] = out[
