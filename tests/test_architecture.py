@@ -2,7 +2,8 @@
 
 The layering rule itself is stated once, as import-linter contracts in
 `pyproject.toml`; these tests run it, and check what a contract cannot say:
-no cycle, no module importing the package root, at most 11 import floors,
+no cycle, no module importing the package root, at most 11 import floors
+up to `TransferRun` and 15 in all (the task and the command above it),
 no module over 600 lines nor function over 80, only the package's face
 directly under `transferkit/`, and the public surface as recorded in
 `tests/public_surface.txt` (a change to it is a decision: update the file
@@ -36,11 +37,17 @@ PUBLIC_NAMESPACES = (
     "transferkit.run",
     "transferkit.datasets",
     "transferkit.cli",
+    "transferkit.backbones",
 )
 """The modules whose `__all__` is the public surface; the other rooms'
 `__init__` declare an empty one."""
 
-MAX_FLOORS = 11
+MAX_FLOORS = 15
+"""The package's import floors: 11 up to `TransferRun` (`RUN_FLOORS`, as
+before the task room), and on top of it the image task, the `train`
+command that runs it and the command's entry points."""
+
+RUN_FLOORS = 11
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
 
@@ -142,7 +149,7 @@ sys.exit(lint_imports(config_filename=sys.argv[1], no_cache=True, no_logo=True))
 """
 
 
-def test_no_cycle_no_import_of_the_root_and_at_most_11_floors():
+def test_no_cycle_no_import_of_the_root_and_at_most_15_floors():
     graph = import_graph()
     into_root = sorted(
         name for name, targets in graph.items() if "transferkit" in targets
@@ -154,6 +161,7 @@ def test_no_cycle_no_import_of_the_root_and_at_most_11_floors():
     floor = floors(graph)
     top = max(floor.values())
     assert top + 1 <= MAX_FLOORS, sorted(floor.items(), key=lambda item: -item[1])[:5]
+    assert floor["transferkit.run.transfer_run"] + 1 <= RUN_FLOORS
 
 
 def test_the_floor_count_sees_a_chain_and_a_cycle(tmp_path):

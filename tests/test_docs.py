@@ -16,10 +16,36 @@ def python_blocks(path):
     return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
 
 
+def test_the_readme_s_image_task_is_four_statements_of_public_names():
+    import ast
+    import inspect
+
+    import transferkit
+
+    task_block, _ = python_blocks(README)
+    tree = ast.parse(task_block)
+    assert len(tree.body) == 4  # The Model Maker job: at most 5.
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and getattr(node.func.value, "id", None) == "transferkit"
+    ]
+    assert [call.func.attr for call in calls] == ["train_image_classifier"]
+    (call,) = calls
+    inspect.signature(transferkit.train_image_classifier).bind(
+        *[ast.literal_eval(a) for a in call.args],
+        **{k.arg: ast.literal_eval(k.value) for k in call.keywords},
+    )
+    for method in ("predict", "export"):
+        assert callable(getattr(transferkit.ImageClassifierTask, method))
+
+
 def test_the_readme_quick_start_runs(monkeypatch):
     blocks = python_blocks(README)
-    assert len(blocks) == 1
-    code = blocks[0].replace("epochs=5", "epochs=1")
+    assert len(blocks) == 2
+    code = blocks[1].replace("epochs=5", "epochs=1")
     sample = mnist.load_sample()
     monkeypatch.setattr(
         keras.datasets.mnist,

@@ -2,6 +2,10 @@
 
 >>> from transferkit import LayerGroup, TransferRun, ClassSubset, split_classes
 
+The job most users come for is one call: `transferkit.train_image_classifier(
+"photos/train", test="photos/test", out="runs/photos")` (`transferkit.tasks`),
+or `transferkit train photos/train --out runs/photos` on the command line.
+
 The names below are imported on first use. `import transferkit` imports
 only the modules that register layers with Keras (`GroupedSequential`,
 `ImagenetPreprocessing`), so that `keras.saving.load_model` finds them;
@@ -11,7 +15,8 @@ that `transferkit report DIR` reads a report without starting TensorFlow.
 Beside these names, the public namespaces are `transferkit.errors` (every
 exception), `transferkit.records` (reports), `transferkit.serving`
 (predictions, export, evaluation), `transferkit.run` (schedules and
-learning-rate multipliers), `transferkit.datasets` and `transferkit.cli`;
+learning-rate multipliers), `transferkit.backbones` (named pretrained
+backbones), `transferkit.tasks`, `transferkit.datasets` and `transferkit.cli`;
 each lists its names in `__all__`. Every other module is internal.
 """
 
@@ -27,6 +32,8 @@ from transferkit.version import __version__ as __version__
 _EXPORTS = {
     "ClassSubset": "transferkit.data.class_subset",
     "GroupedSequential": "transferkit.groups.layer_group",
+    "ImageClassifierTask": "transferkit.tasks.image_classifier",
+    "ImageRecipe": "transferkit.tasks.recipe",
     "ImagenetPreprocessing": "transferkit.layers.preprocessing",
     "LayerGroup": "transferkit.groups.layer_group",
     "PhaseResult": "transferkit.records.phase_result",
@@ -41,11 +48,14 @@ _EXPORTS = {
     "predict_files": "transferkit.serving.predictions",
     "saved_phases": "transferkit.run_folder.state",
     "split_classes": "transferkit.data.class_subset",
+    "train_image_classifier": "transferkit.tasks.image_classifier",
 }
 
 __all__ = [
     "ClassSubset",
     "GroupedSequential",
+    "ImageClassifierTask",
+    "ImageRecipe",
     "ImagenetPreprocessing",
     "LayerGroup",
     "PhaseResult",
@@ -60,6 +70,7 @@ __all__ = [
     "predict_files",
     "saved_phases",
     "split_classes",
+    "train_image_classifier",
 ]
 
 
@@ -91,6 +102,11 @@ if TYPE_CHECKING:
     from transferkit.run_folder.state import saved_phases
     from transferkit.serving.exporting import export
     from transferkit.serving.predictions import predict_files
+    from transferkit.tasks.image_classifier import (
+        ImageClassifierTask,
+        train_image_classifier,
+    )
+    from transferkit.tasks.recipe import ImageRecipe
 
 
 def __getattr__(name: str) -> Any:

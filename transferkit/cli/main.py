@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from transferkit.cli.train import add_train, train
 from transferkit.errors import ReportError
 from transferkit.records.report import (
     figures_line,
@@ -23,7 +24,9 @@ from transferkit.records.report import (
 from transferkit.utils.io import atomic_write
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The `transferkit` command's parser: `report`, `predict`, `export`,
+    `train`."""
     parser = argparse.ArgumentParser(prog="transferkit")
     commands = parser.add_subparsers(dest="command", required=True)
     report_command = commands.add_parser(
@@ -34,7 +37,14 @@ def main(argv=None) -> int:
     )
     _add_predict(commands)
     _add_export(commands)
-    args = parser.parse_args(argv)
+    add_train(commands)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        return _guarded(train, args)
     if args.command == "predict":
         return _guarded(_predict, args)
     if args.command == "export":
@@ -65,7 +75,12 @@ def _add_predict(commands) -> None:
     command.add_argument(
         "paths", nargs="+", help="image files, folders of images, or class folders"
     )
-    command.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    command.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="a table to read, CSV or JSON (default: table)",
+    )
     command.add_argument("--output", help="write to this file instead of stdout")
     command.add_argument(
         "--overwrite",
@@ -77,7 +92,9 @@ def _add_predict(commands) -> None:
         action="store_true",
         help="refuse all if a file is no readable image (default: skip it, listed)",
     )
-    command.add_argument("--batch-size", type=int, default=32)
+    command.add_argument(
+        "--batch-size", type=int, default=32, help="images per step (default: 32)"
+    )
 
 
 def _add_export(commands) -> None:
@@ -88,25 +105,43 @@ def _add_export(commands) -> None:
     command.add_argument("model", help=from_model)
     command.add_argument("path", help="the artifact (a folder for tf_saved_model)")
     command.add_argument(
-        "--format", choices=("tf_saved_model", "litert", "onnx"), default="litert"
+        "--format",
+        choices=("tf_saved_model", "litert", "onnx"),
+        default="litert",
+        help="litert: a .tflite file with its labels inside; tf_saved_model: a "
+        "folder for TensorFlow Serving; onnx: a .onnx file (default: litert)",
     )
-    command.add_argument("--quantize", choices=("dynamic", "int8"), default=None)
+    command.add_argument(
+        "--quantize",
+        choices=("dynamic", "int8"),
+        default=None,
+        help="LiteRT only: dynamic-range (int8 weights) or full int8 "
+        "(calibrated on --data); accuracy before and after is reported "
+        "(default: none, float32)",
+    )
     command.add_argument(
         "--data",
         nargs="+",
         help="image folders (class folders) for the parity check, the int8 "
         "representative data and the accuracy before and after",
     )
-    command.add_argument("--overwrite", action="store_true")
+    command.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier export at PATH (never a run folder or other files)",
+    )
 
 
 def _guarded(command, args) -> int:
     """Runs `command`, printing a refusal as one line, as `report` does."""
     try:
         return command(args)
-    except (OSError, ValueError, ImportError) as error:
+    except (OSError, ValueError, ImportError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        print(f"\n{interrupt or 'Interrupted.'}", file=sys.stderr)
+        return 130
 
 
 def _predict(args) -> int:

@@ -38,6 +38,7 @@ from transferkit.engine.epoch_guard import EpochGuard
 from transferkit.engine.loop import DEFAULT_STEPS_PER_CALL, DatasetLoop, InMemoryLoop
 from transferkit.engine.optimizers import has_fused_kernel
 from transferkit.errors import CacheTooLarge
+from transferkit.groups.behaviour import trains_nothing
 from transferkit.groups.model_groups import groups_of
 from transferkit.layers.lean import LeanDropout, LeanSoftmax, lean_layers
 
@@ -405,7 +406,12 @@ def _announce(verbose, phase, model, frozen, epochs, initial_epoch, plan) -> Non
     if verbose == 0:
         return
     done = f", resumed after epoch {initial_epoch}" if initial_epoch else ""
-    trains = [name for name in groups_of(model) if name not in frozen]
+    # A group of preprocessing alone trains nothing: named apart, not as
+    # training, so that the header lists only what the optimizer changes.
+    open_groups = [(n, g) for n, g in groups_of(model).items() if n not in frozen]
+    empty = [name for name, group in open_groups if trains_nothing(group)]
+    trains = [name for name, _ in open_groups if name not in empty]
+    weightless = f"; no weights: {', '.join(empty)}" if empty else ""
     cache = (
         f"layers {plan.span} computed once ({plan.reason})"
         if plan.layers
@@ -413,8 +419,8 @@ def _announce(verbose, phase, model, frozen, epochs, initial_epoch, plan) -> Non
     )
     print(
         f"Phase '{phase}': {epochs} epoch{'s' * (epochs != 1)}{done}; frozen: "
-        f"{', '.join(frozen) or 'nothing'}; trains: {', '.join(trains)}; "
-        f"feature cache: {cache}",
+        f"{', '.join(frozen) or 'nothing'}; trains: "
+        f"{', '.join(trains) or 'nothing'}{weightless}; feature cache: {cache}",
         flush=True,
     )
 

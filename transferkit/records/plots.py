@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")  # Files only; no window, no display needed.
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.font_manager import FontProperties  # noqa: E402
+from matplotlib.textpath import text_to_path  # noqa: E402
 
 from transferkit.utils.io import atomic_output  # noqa: E402
 
@@ -74,14 +76,14 @@ def plot_learning_curves(report: Mapping[str, Any]):
                     )
             if number:
                 axis.axvline(start + 0.5, color="grey", linewidth=0.8)
-        frozen = ", ".join(phase["frozen_groups"]) or "nothing"
-        axes[0].annotate(
-            f"{phase['name']}\n(frozen: {frozen})",
+        note = axes[0].annotate(
+            f"{phase['name']}\n(frozen: {_frozen_words(phase['frozen_groups'])})",
             xy=(start + 0.6, 1.0),
             xycoords=("data", "axes fraction"),
             va="top",
             fontsize=8,
         )
+        note.set_in_layout(False)  # A phase's note may run past the axes.
         start += epochs
     for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
         axis.set_ylabel(metric)
@@ -95,14 +97,40 @@ def plot_learning_curves(report: Mapping[str, Any]):
     return figure
 
 
+def _frozen_words(groups) -> str:
+    """The frozen groups, the first to the last where listing them all
+    would not fit above a short phase (`stage_1..stage_7 (7 groups)`)."""
+    words = ", ".join(groups) or "nothing"
+    if len(words) <= 28:
+        return words
+    return f"{groups[0]}..{groups[-1]} ({len(groups)} groups)"
+
+
 def plot_confusion_matrix(confusion: Mapping[str, Any]):
-    """Counts of true against predicted class, labelled with original ids."""
+    """Counts of true against predicted class, labelled with the classes'
+    names (or original ids); names wider than a cell slant at 45 degrees,
+    and the cells widen so that neighbouring names stay apart."""
     matrix, classes = confusion["matrix"], confusion["classes"]
-    size = len(classes)
-    figure, axis = plt.subplots(figsize=(1.0 + 0.6 * size, 0.6 + 0.6 * size))
+    names = [str(c) for c in classes]
+    size = len(names)
+    longest, line = _label_inches(names)
+    # At 45 degrees a name spans (width + line) * cos 45 across; cells that
+    # wide keep neighbouring names' boxes apart, up to a cap past which the
+    # slant alone keeps their letters apart.
+    slanted = longest + 0.1 > _CELL_INCHES
+    drop = 0.72 * (longest + line) if slanted else line
+    cell = min(max(_CELL_INCHES, drop + 0.05), 1.5) if slanted else _CELL_INCHES
+    side = cell * size  # The colorbar takes a tenth more, and its labels.
+    # Wide enough for the title and the colorbar's labels at any class count.
+    width = max(1.9 + longest + 1.1 * side, 4.5)
+    figure, axis = plt.subplots(figsize=(width, max(1.5 + side + drop, 3.0)))
     image = axis.imshow(matrix, cmap="Blues")
-    axis.set_xticks(range(size), [str(c) for c in classes])
-    axis.set_yticks(range(size), [str(c) for c in classes])
+    axis.set_xticks(range(size), names)
+    axis.set_yticks(range(size), names)
+    if slanted:
+        plt.setp(
+            axis.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor"
+        )
     axis.set_xlabel("predicted class")
     axis.set_ylabel("true class")
     axis.set_title(f"Confusion matrix, phase '{confusion['phase']}'", fontsize=10)
@@ -114,6 +142,21 @@ def plot_confusion_matrix(confusion: Mapping[str, Any]):
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
     figure.tight_layout()
     return figure
+
+
+_CELL_INCHES = 0.6
+"""The side of a confusion matrix's cell, at the least."""
+
+
+def _label_inches(names: list[str]) -> tuple[float, float]:
+    """The width of the longest of `names` as a tick label, and the height
+    of a line of them, in inches."""
+    font = FontProperties(size=matplotlib.rcParams["xtick.labelsize"])
+    widths = [
+        text_to_path.get_text_width_height_descent(name, font, ismath=False)[0]
+        for name in names
+    ]
+    return max(widths, default=0.0) / 72, 1.2 * font.get_size_in_points() / 72
 
 
 def plot_top_losses(top: Mapping[str, Any], images):
@@ -176,7 +219,7 @@ def _save(figure, path: Path) -> str:
     """Saves `figure` as PNG, atomically; returns the file name."""
     try:
         with atomic_output(path) as stream:
-            figure.savefig(stream, format="png", dpi=100)
+            figure.savefig(stream, format="png", dpi=100, bbox_inches="tight")
     finally:
         plt.close(figure)
     return path.name

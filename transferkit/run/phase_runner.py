@@ -14,10 +14,9 @@ trains, and the freeze proof checks the frozen variables.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -43,6 +42,7 @@ from transferkit.errors import NonFiniteError
 from transferkit.groups.layer_group import LayerGroup
 from transferkit.groups.model_groups import groups_of
 from transferkit.layers.lora import Adaptation, adapt, check_lora, merge
+from transferkit.phases.batch_norm import batch_norm_policy
 from transferkit.phases.freeze_proof import (
     changed_held,
     changed_variables,
@@ -63,6 +63,8 @@ from transferkit.utils.checks import (
     require_epochs,
 )
 
+# `batch_norm_policy` lives in `transferkit.phases.batch_norm`; named here
+# too for `transferkit.run.tools`, which imports it from this module.
 __all__ = ["PhaseRunner", "batch_norm_policy"]
 
 
@@ -138,7 +140,7 @@ class PhaseRunner:
             )
             record = self.state.recorded_phase(len(self.results), spec.to_json())
             if record is not None and record.result is not None:
-                return self._replay(record, request.freeze)
+                return self._replay(record, request.freeze, verbose)
             return self._run(
                 record, spec, request, train, validation, optimizer,
                 callbacks, verbose, started,
@@ -360,12 +362,18 @@ class PhaseRunner:
         return {name: float(value) for name, value in multipliers.items()}
 
     def _replay(
-        self, record: Mapping[str, Any], freeze: Sequence[LayerGroup]
+        self,
+        record: PhaseRecord,
+        freeze: Sequence[LayerGroup],
+        verbose: str | int | None = None,
     ) -> PhaseResult:
         """A finished phase of a resumed run: its flags set as the plan set
-        them (the weights are loaded already) and its saved result."""
+        them (the weights are loaded already) and its saved result, with a
+        line that says so, unless quiet (as the phase header)."""
         for group in freeze:
             group.trainable = False
+        if (self.settings.verbose if verbose is None else verbose) != 0:
+            print(self.state.finished_message(record), flush=True)
         result = record.result
         self.earlier_seconds += result.seconds
         self.results.append(result)
@@ -547,35 +555,6 @@ class PhaseRunner:
                     f"Received: {argument}={names}"
                 )
         return [groups[name] for name in names]
-
-
-@contextlib.contextmanager
-def batch_norm_policy(model: keras.Model, mode: str) -> Iterator[str]:
-    """For the block: with `mode="inference"`, the trainable BatchNormalization
-    layers of groups split from a backbone, those nested inside their layers
-    too (a block layer holding its own), are frozen, so they run in inference
-    mode; yields what was done, for the result."""
-    layers = [
-        sublayer
-        for group in groups_of(model).values()
-        if group.source is not None
-        for layer in group
-        for sublayer in layer._flatten_layers(include_self=True)
-        if isinstance(sublayer, keras.layers.BatchNormalization) and sublayer.trainable
-    ]
-    if not layers:
-        yield ""
-        return
-    if mode == "train":
-        yield f"{len(layers)} layers of backbone groups trained"
-        return
-    for layer in layers:
-        layer.trainable = False
-    try:
-        yield f"{len(layers)} layers of backbone groups in inference mode"
-    finally:
-        for layer in layers:
-            layer.trainable = True
 
 
 def _stopwatch(started: float, *, earlier: float) -> Callable[[], float]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from transferkit.phases.speed import Speed
 from transferkit.records.phase_result import PhaseResult
 from transferkit.run import tools
 from transferkit.run.phase_runner import PhaseRequest, PhaseRunner, RunSettings
+from transferkit.run.reporting import write_run_report
 from transferkit.run_folder.state import RunState
 from transferkit.serving.predictions import FilePredictions
 from transferkit.utils.checks import require_count, require_flags, require_seed
@@ -182,6 +184,7 @@ class TransferRun:
         check_finite: bool = False,
         verbose: str | int = "auto",
     ):
+        self._started = time.perf_counter()  # This process's share of the run.
         check_model(model)
         speed = Speed.of(speed)
         batch_size = require_count(batch_size, "batch_size")
@@ -492,6 +495,56 @@ class TransferRun:
     @_delegates(tools.evaluate)
     def evaluate(self, data: Data) -> dict[str, Any]:
         return tools.evaluate(self._runner, data)
+
+    def report(
+        self,
+        test_data: Any = None,
+        *,
+        dataset: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+        directory: str | os.PathLike | None = None,
+        count: int = 8,
+        batch_size: int = 128,
+    ) -> dict[str, Any]:
+        """The run's report, written into its folder: one call.
+
+        Every finished phase (as `build_report` records them); with
+        `test_data`, the last phase's accuracy and loss on it, its confusion
+        matrix and its `count` worst mistakes (named by file for an image
+        folder), from one pass over it; and the run's total time: this
+        process's since the run was made, plus what earlier processes spent
+        on the phases it resumed or restored from the folder. Written (as
+        `report.json`, `report.md` and the figures, atomically) into
+        `directory`, by the chief only.
+
+        Args:
+            test_data: labelled data to evaluate the model on: a folder of
+                class folders, a dataset, `(x, y)` arrays or a `ClassSubset`.
+                Defaults to `None` (no evaluation).
+            dataset: where the data came from, in words. Defaults to `None`:
+                the test folder's path.
+            settings: anything else the report should keep (the options of
+                your script). Defaults to `None`.
+            directory: where to write. Defaults to `None`: the run's folder,
+                and nowhere for a run without one.
+            count: mistakes to keep. Defaults to `8`.
+            batch_size: samples per step of the evaluation. Defaults to `128`.
+
+        Returns:
+            The report (`transferkit.load_report` reads it back).
+        """
+        where = directory if directory is not None else self._state.path
+        return write_run_report(
+            self._runner,
+            test_data,
+            started=self._started,
+            dataset=dataset,
+            settings=settings,
+            directory=where,
+            count=count,
+            batch_size=batch_size,
+            writes=self._distribution.is_chief,
+        )
 
 
 def _distribution(

@@ -59,6 +59,7 @@ class RunState:
         self._directory = (
             None if directory is None else RunDirectory(directory, writer=writer)
         )
+        self._given = None if directory is None else os.fspath(directory)
         self._every = checkpoint_every
         self._record = RunRecord(model_fingerprint(model))
         self._saved = self._record.copy()
@@ -286,6 +287,14 @@ class RunState:
             "learning rate (or clip the gradients) and run the plan again to "
             "resume from there: this phase may resume with other settings of "
             "the same optimizer."
+        )
+
+    def finished_message(self, record: PhaseRecord) -> str:
+        """The line that says a finished phase was restored from the folder
+        (as the user named it), not trained again."""
+        return (
+            f"phase '{record.name}' finished earlier in {self._given}: "
+            "restored, not trained"
         )
 
     def resume_message(self) -> str:

@@ -32,7 +32,7 @@ from transferkit.data.input_recipe import recipe_of_dataset
 from transferkit.engine.inference import predict
 from transferkit.serving.predictions import are_paths, model_recipe, predict_files
 
-__all__ = ["TopLosses", "confusion_matrix", "top_losses"]
+__all__ = ["TopLosses", "confusion_matrix", "evaluation", "top_losses"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,16 +81,53 @@ def top_losses(
             `ClassSubset`'s original ids, else 0, 1, ...
         batch_size: samples per step for arrays. Defaults to `128`.
     """
+    files, predictions = _labelled_predictions(model, data, batch_size)
+    return _top_of(model, data, files, predictions, phase, count, class_names)
+
+
+def evaluation(
+    model: keras.Model,
+    data: Any,
+    *,
+    phase: str,
+    count: int = 8,
+    batch_size: int = 128,
+) -> tuple[TopLosses, dict[str, Any], dict[str, float]]:
+    """The top losses, the confusion matrix and the accuracy and mean loss
+    (`-log p(true class)`) of `model` on labelled `data`, from one pass over
+    it (`top_losses` and `confusion_matrix` each make their own)."""
+    files, predictions = _labelled_predictions(model, data, batch_size)
+    top = _top_of(model, data, files, predictions, phase, count, None)
+    truth, predicted = predictions.labels, predictions.predicted
+    size = int(predictions.outputs.shape[-1])
+    matrix = np.bincount(truth * size + predicted, minlength=size * size)
+    confusion = {
+        "phase": phase,
+        "classes": top.classes,
+        "matrix": matrix.reshape(size, size).tolist(),
+    }
+    true_probability = predictions.outputs[np.arange(len(truth)), truth]
+    metrics = {
+        "accuracy": float(np.mean(predicted == truth)),
+        "loss": float(np.mean(-np.log(np.clip(true_probability, 1e-12, 1.0)))),
+    }
+    return top, confusion, metrics
+
+
+def _labelled_predictions(model, data, batch_size):
     files = _by_file(model, data, batch_size)
-    if files is not None:
-        predictions = files
-    else:
-        predictions = predict(model, data, batch_size=batch_size)
+    predictions = (
+        files if files is not None else predict(model, data, batch_size=batch_size)
+    )
     if predictions.labels is None:
         raise ValueError(
             "Expected labelled data for the top losses: (x, y), a dataset of "
             "(x, y), a ClassSubset, or class folders."
         )
+    return files, predictions
+
+
+def _top_of(model, data, files, predictions, phase, count, class_names) -> TopLosses:
     outputs, truth = predictions.outputs, predictions.labels
     true_probability = outputs[np.arange(len(truth)), truth]
     loss = -np.log(np.clip(true_probability, 1e-12, 1.0))

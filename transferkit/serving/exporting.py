@@ -25,9 +25,16 @@ representative dataset drawn from the given data (inputs and outputs stay
 float32). Given labelled `test_data`, the accuracy before and after is
 measured and recorded.
 
+A model with class names gets them in `labels.txt` (one per line, in
+class-id order) inside a SavedModel folder or beside a file export, and a
+LiteRT export also carries them inside the `.tflite` as standard TFLite
+metadata (`transferkit.serving.tflite_labels`; read them back with
+`read_tflite_labels`). The parity check runs on that final file.
+
 Nothing is half-written: the artifact is written beside the target and
 moved into place once checked; an existing target is refused unless
-`overwrite=True`.
+`overwrite=True` (`transferkit.serving.targets` says what that replaces,
+`labels.txt` included).
 """
 
 from __future__ import annotations
@@ -50,7 +57,16 @@ from transferkit.engine.inference import predict
 from transferkit.errors import ExportParityError
 from transferkit.serving.image_check import describe_unreadable, unreadable_images
 from transferkit.serving.predictions import are_paths, image_files, model_recipe
-from transferkit.serving.targets import check_target, land, remove, staging_path
+from transferkit.serving.targets import (
+    check_labels,
+    check_target,
+    labels_path,
+    land,
+    remove,
+    staging_path,
+    write_labels,
+)
+from transferkit.serving.tflite_labels import embed_model_labels
 from transferkit.utils.io import atomic_write
 from transferkit.version import __version__
 
@@ -94,8 +110,14 @@ class ExportResult:
     accuracy: dict[str, float] | None
     """`{"model", "exported"}` on the test data, when given."""
     seconds: float
+    labels: str | None = None
+    """The `labels.txt` of the class names (inside a SavedModel folder,
+    beside a file; a `.tflite` also holds them), or `None` for a model
+    without class names."""
 
     def describe(self) -> str:
+        """The summary that `export(verbose=True)` prints, as text; prints
+        nothing itself."""
         lines = [
             f"Exported {self.format}"
             + (f" ({self.quantization} quantization)" if self.quantization else "")
@@ -109,6 +131,9 @@ class ExportResult:
                 f"exported {self.accuracy['exported']:.2%}"
             )
         lines.append(f"Metadata: {self.metadata}")
+        if self.labels:
+            inside = " (and inside the .tflite)" if self.format == "litert" else ""
+            lines.append(f"Labels: {self.labels}{inside}")
         return "\n".join(lines)
 
 
@@ -153,13 +178,16 @@ def export(
             measured. Defaults to `None`.
         tolerance: the largest difference a float32 export may have.
             Defaults to `1e-5`.
-        overwrite: replace an existing `path`. Defaults to `False`.
-        verbose: print what was written and measured. Defaults to `True`.
+        overwrite: replace an existing `path` (an earlier export only), and
+            a `labels.txt` of other class names beside a file export.
+            Defaults to `False`.
+        verbose: print what was written and measured, once (the text of
+            `result.describe()`). Defaults to `True`.
 
     Raises:
         ValueError: for an unknown format or quantization, a quantization
-            of another format than LiteRT, int8 without `samples`, or an
-            existing `path`.
+            of another format than LiteRT, int8 without `samples`, an
+            existing `path`, or a `labels.txt` of other class names.
         ImportError: for `"onnx"` without `tf2onnx`, naming the extra.
         ExportParityError: when a float32 artifact differs by more than
             `tolerance`; nothing is left at `path`.
@@ -167,6 +195,8 @@ def export(
     started = time.perf_counter()
     _check_one_input(model)
     target = _check_arguments(path, format, quantize, overwrite, samples)
+    labels = _class_names(model)
+    check_labels(target, format, labels, overwrite)
     _check_tolerance(tolerance)
     test = _test_arrays(model, test_data)
     x, origin = _parity_samples(model, samples)
@@ -174,14 +204,9 @@ def export(
     try:
         _write(model, partial, format, quantize, x)
         run = load_exported(partial, format)
-        expected = predict(model, x).outputs
-        difference = float(np.max(np.abs(run(x) - expected)))
+        difference = float(np.max(np.abs(run(x) - predict(model, x).outputs)))
         if quantize is None and not difference <= tolerance:
-            raise ExportParityError(
-                f"The {format} export's outputs differ from the model's by up to "
-                f"{difference:.3g} on {len(x)} samples ({origin}), more than "
-                f"tolerance={tolerance:g}; nothing was written to {str(target)!r}."
-            )
+            _refuse_parity(format, difference, tolerance, len(x), origin, target)
         accuracy = None if test is None else _accuracy(model, run, *test)
         del run
         result = ExportResult(
@@ -194,6 +219,7 @@ def export(
             parity_data=origin,
             accuracy=accuracy,
             seconds=time.perf_counter() - started,
+            labels=str(labels_path(target, format)) if labels else None,
         )
         _land(model, result, partial, target, overwrite)
     finally:
@@ -203,16 +229,30 @@ def export(
     return result
 
 
+def _refuse_parity(format, difference, tolerance, samples, origin, target) -> None:
+    raise ExportParityError(
+        f"The {format} export's outputs differ from the model's by up to "
+        f"{difference:.3g} on {samples} samples ({origin}), more than "
+        f"tolerance={tolerance:g}; nothing was written to {str(target)!r}."
+    )
+
+
 def _land(
     model, result: ExportResult, partial: Path, target: Path, overwrite: bool
 ) -> None:
-    """Writes the metadata (inside a SavedModel folder before it moves;
-    beside a file before it lands), then moves the artifact into place."""
-    inside = result.format == "tf_saved_model"
-    _write_metadata(
-        model, result, metadata_path(partial, result.format) if inside else None
-    )
+    """Writes the labels and the metadata (inside a SavedModel folder before
+    it moves; beside a file before it lands), then moves the artifact into
+    place."""
+    folder = partial if result.format == "tf_saved_model" else target
+    if result.labels:
+        labels = _class_names(model)
+        write_labels(labels_path(folder, result.format), labels, overwrite)
+    _write_metadata(model, result, metadata_path(folder, result.format))
     land(partial, target, result.format, overwrite)
+
+
+def _class_names(model) -> list[str]:
+    return [str(name) for name in getattr(model, "class_names", None) or ()]
 
 
 def _check_arguments(path, format, quantize, overwrite, samples) -> Path:
@@ -277,6 +317,9 @@ def _write(model, path: Path, format: str, quantize, x: np.ndarray) -> None:
                 verbose=False,
                 **options,
             )
+        labels = _class_names(model)
+        if format == "litert" and labels:  # Before the parity check reads it.
+            embed_model_labels(path, model, labels)
     except (OSError, tf.errors.ResourceExhaustedError, tf.errors.UnknownError) as error:
         # A full disk surfaces as TensorFlow's ResourceExhaustedError.
         reason = str(getattr(error, "message", error)).strip().splitlines()[0]
@@ -501,7 +544,7 @@ def metadata_path(path: str | os.PathLike, format: str) -> Path:
     return path.with_name(f"{path.name}.json")
 
 
-def _write_metadata(model, result: ExportResult, where: Path | None) -> None:
+def _write_metadata(model, result: ExportResult, where: Path) -> None:
 
     recipe = getattr(model, "input_recipe", None)
     metadata = {
@@ -518,5 +561,8 @@ def _write_metadata(model, result: ExportResult, where: Path | None) -> None:
             "data": result.parity_data,
         },
         "accuracy": result.accuracy,
+        # Beside this file; for LiteRT also in the .tflite's TFLite metadata.
+        "labels": Path(result.labels).name if result.labels else None,
+        "labels_in_artifact": bool(result.labels) and result.format == "litert",
     }
-    atomic_write(where or Path(result.metadata), json.dumps(metadata, indent=2) + "\n")
+    atomic_write(where, json.dumps(metadata, indent=2) + "\n")

@@ -8,6 +8,17 @@ anything else: a user's notes, other exports, checkpoints. Each export is
 staged under a name of its own (the process and a random part), so two
 exports to one path at once never write the same staging file; the artifact
 moves into place only once it has passed its parity check.
+
+A model with class names also gets `labels.txt` (one name per line, in
+class-id order): inside a SavedModel folder (one of its files, replaced with
+it), and beside a file export (`dir/model.tflite` -> `dir/labels.txt`),
+shared by the exports in that folder. That one is the only file export
+writes outside `path`: one holding the same labels is left as it is; one
+holding other labels is refused before any work unless `overwrite=True`,
+which replaces it (an earlier export's labels, most likely, which would
+now name the wrong classes). Export models of other classes to folders of
+their own. A model without class names writes none, and leaves a
+`labels.txt` standing there as it was.
 """
 
 from __future__ import annotations
@@ -16,15 +27,36 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from transferkit.records.layout import STATE_FILE
+from transferkit.utils.io import atomic_write
 from transferkit.utils.locks import LOCK_FILE
 
-__all__ = ["check_target", "land", "remove", "staging_path"]
+__all__ = [
+    "LABELS_FILE",
+    "check_labels",
+    "check_target",
+    "labels_path",
+    "land",
+    "remove",
+    "staging_path",
+    "write_labels",
+]
+
+LABELS_FILE = "labels.txt"
+"""The class names beside (or inside) an export, one per line."""
 
 SAVED_MODEL_FILES = frozenset(
-    {"saved_model.pb", "fingerprint.pb", "variables", "assets", "transferkit.json"}
+    {
+        "saved_model.pb",
+        "fingerprint.pb",
+        "variables",
+        "assets",
+        "transferkit.json",
+        LABELS_FILE,
+    }
 )
 """What a SavedModel export of transferkit holds, and all it may hold to be
 replaced."""
@@ -112,3 +144,72 @@ def remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def labels_path(target: Path, format: str) -> Path:
+    """Where an export to `target` writes its `labels.txt`: inside a
+    SavedModel folder, beside a file."""
+    if format == "tf_saved_model":
+        return target / LABELS_FILE
+    return target.with_name(LABELS_FILE)
+
+
+def check_labels(
+    target: Path, format: str, labels: Sequence[str], overwrite: bool
+) -> None:
+    """Raises unless an export to `target` may write `labels` to its
+    `labels.txt` (a SavedModel folder's own goes with the folder).
+
+    Raises:
+        ValueError: for a class name that is empty or holds a line break,
+            and beside a file export, a `labels.txt` that is no file or
+            (without `overwrite`) holds other labels; naming the path and
+            the way out.
+    """
+    broken = [name for name in labels if name.splitlines() != [name]]
+    if broken:
+        raise ValueError(
+            f"labels.txt holds one class name per line; the model's class names "
+            f"{broken} are empty or hold a line break. Nothing was written. "
+            "Rename those classes (`model.class_names = [...]`)."
+        )
+    if format != "tf_saved_model":
+        _needs_writing(labels_path(target, format), labels, overwrite)
+
+
+def write_labels(path: Path, labels: Sequence[str], overwrite: bool) -> None:
+    """Writes `labels` to `path` atomically, checking it again (it may have
+    changed while the export ran); leaves one holding them as it is."""
+    if _needs_writing(path, labels, overwrite):
+        atomic_write(path, "".join(f"{name}\n" for name in labels))
+
+
+def _needs_writing(path: Path, labels: Sequence[str], overwrite: bool) -> bool:
+    """Whether `labels` are to be written at `path` (not when it holds them
+    already); raises where they may not be."""
+    if not path.exists() and not path.is_symlink():
+        return True
+    if path.exists() and not path.is_file():
+        raise ValueError(
+            f"{str(path)!r} is no file, so the export's class names cannot be "
+            "written there; nothing was written. Export to another folder."
+        )
+    try:
+        held = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        held = None
+    if held == list(labels):
+        return False
+    if not overwrite:
+        shown = "unreadable" if held is None else _shown(held)
+        raise ValueError(
+            f"{str(path)!r} holds other labels ({shown}) than the model's class "
+            f"names ({_shown(labels)}); nothing was written. Pass overwrite=True "
+            "to replace it, or export to a folder of its own."
+        )
+    return True
+
+
+def _shown(labels: Sequence[str]) -> str:
+    names = list(labels)
+    return f"{names[:5]}{' and more' if len(names) > 5 else ''}, {len(names)} names"
