@@ -134,6 +134,52 @@ def test_an_imbalanced_folder_gets_balanced_class_weights(tmp_path, folders):
     assert even.data.described["validation"] == str(folders["test"])
 
 
+def test_a_split_beside_a_test_folder_validates_and_the_test_folder_tests(folders):
+    task = ImageClassifierTask(
+        folders["train"],
+        test=folders["test"],
+        validation_split=0.25,
+        weights=folders["weights"],
+        **QUICK,
+    )
+    assert task.data.validation is not task.data.test
+    assert len(task.data.validation.file_paths) == 12  # A quarter of 48.
+    assert len(task.data.test.file_paths) == 24
+    assert task.data.described["tested_on"] == "the test folder"
+
+
+def test_hidden_and_nested_folders_count_as_keras_reads_them(tmp_path, folders):
+    paths = write_folders(tmp_path, train=(8, 8, 8), test=2)
+    (paths["train"] / ".ipynb_checkpoints").mkdir()
+    nested = paths["train"] / CLASSES[0] / "more"
+    nested.mkdir()
+    for image in sorted((paths["train"] / CLASSES[0]).glob("*.png"))[:4]:
+        (nested / image.name).write_bytes(image.read_bytes())
+    task = ImageClassifierTask(
+        paths["train"], test=paths["test"], weights=folders["weights"], **QUICK
+    )
+    assert task.class_names == list(CLASSES)
+    assert task.data.counts == [12, 8, 8]
+
+
+def test_the_command_s_finished_check_sees_a_changed_folder(folders, tmp_path):
+    import argparse
+
+    from transferkit.cli.train import _command_settings
+
+    paths = write_folders(tmp_path, train=(4, 4, 4), test=2)
+    args = argparse.Namespace(
+        train_dir=str(paths["train"]), test=None, backbone="MobileNetV2",
+        weights="imagenet", validation_split=None, image_size=None, alpha=None,
+        epochs=1, fine_tune_epochs=0, batch_size=16, seed=0,
+    )  # fmt: skip
+    before = _command_settings(args)
+    assert _command_settings(args) == before
+    extra = paths["train"] / CLASSES[1] / "extra.png"
+    extra.write_bytes((paths["train"] / CLASSES[1] / "000.png").read_bytes())
+    assert _command_settings(args)["train_files"] != before["train_files"]
+
+
 def test_without_a_test_folder_a_fifth_is_held_out(folders):
     task = ImageClassifierTask(folders["train"], weights=folders["weights"], **QUICK)
     assert task.data.described["validation"].startswith("20% of ")
@@ -165,7 +211,7 @@ def test_unknown_options_are_refused_naming_the_fields():
 
 
 def test_random_weights_are_refused(folders):
-    with pytest.raises(ValueError, match=r"head learns\s+next to nothing"):
+    with pytest.raises(ValueError, match=r"next to nothing.*Received: weights=None"):
         ImageClassifierTask(folders["train"], weights=None, image_size=32)
 
 
@@ -223,7 +269,10 @@ def test_the_command_trains_exports_and_then_says_it_is_finished(
     assert main(arguments) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1
-    assert printed[0].startswith(f"{out}: finished earlier (1 stages")
+    assert printed[0].startswith(f"{out}: finished earlier (1 stages, accuracy "), (
+        printed
+    )
+    assert "on the test folder); nothing trained." in printed[0]
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == checkpoint
 
 
@@ -303,25 +352,17 @@ def test_a_keras_hub_preset_folder_is_a_backbone_offline(folders, tmp_path):
 def test_without_network_imagenet_weights_fail_naming_every_way_out(monkeypatch):
     from transferkit.backbones import load_backbone
 
-    url = (
-        "https://storage.googleapis.com/tensorflow/keras-applications/"
-        "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-    )
-
-    def offline(*args, **kwargs):
+    def offline(fname, origin, **options):
         raise Exception(
-            f"URL fetch failure on {url}: None -- [Errno -2] Name or service not known"
+            f"URL fetch failure on {origin}: None -- [Errno -2] Name or service "
+            "not known"
         )
 
-    monkeypatch.setattr(keras.utils, "get_file", offline)
-    monkeypatch.setattr("keras.src.utils.file_utils.get_file", offline)
     with pytest.raises(OSError) as raised:
         load_backbone("MobileNetV2", weights="imagenet", image_size=96)
     message = str(raised.value)
-    assert (
-        "~/.keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5 (not there)"
-        in message
-    )
+    file = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5"
+    assert f"~/.keras/models/{file} (not there) and https://" in message
     assert "Name or service not known" in message
     for way in ("network access", "weights=PATH", "keras-hub preset folder"):
         assert way in message

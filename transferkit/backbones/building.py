@@ -17,6 +17,7 @@ or on a bad file, the error names what was tried and every way out.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import re
 from collections.abc import Mapping
@@ -147,6 +148,14 @@ def _grouped(model: keras.Model, family: BackboneSpec, size: int):
 
 def _build(family: BackboneSpec, weights, size: int) -> keras.Model:
     constructor = getattr(keras.applications, family.constructor)
+    accepted = set(inspect.signature(constructor).parameters)
+    unknown = sorted(set(family.options) - accepted)
+    if unknown:
+        raise ValueError(
+            f"{family.name} takes no option {unknown[0]!r}. Its constructor's "
+            f"options: {sorted(accepted - {'weights', 'include_top'})}. "
+            f"Received: options={dict(family.options)!r}"
+        )
     options = dict(
         input_shape=(size, size, 3), include_top=False, **dict(family.options)
     )

@@ -9,6 +9,7 @@ it says so in one line and exits 0 without training (exporting first if an
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -126,12 +127,15 @@ def _add_recipe_options(command) -> None:
 
 
 def _command_settings(args) -> dict[str, Any]:
-    """What makes two `train` commands the same run."""
+    """What makes two `train` commands the same run: the options, with paths
+    made absolute, and the folders' files (names, sizes, times)."""
     return {
         "train": os.path.abspath(args.train_dir),
-        "backbone": args.backbone,
-        "weights": args.weights,
+        "train_files": _files_digest(args.train_dir),
+        "backbone": _absolute_if_path(args.backbone),
+        "weights": _absolute_if_path(args.weights),
         "test": None if args.test is None else os.path.abspath(args.test),
+        "test_files": None if args.test is None else _files_digest(args.test),
         "validation_split": args.validation_split,
         "image_size": args.image_size,
         "alpha": args.alpha,
@@ -140,6 +144,26 @@ def _command_settings(args) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "seed": args.seed,
     }
+
+
+def _absolute_if_path(value: str) -> str:
+    return os.path.abspath(value) if os.path.exists(value) else value
+
+
+def _files_digest(folder: str) -> str | None:
+    """A digest of every file under `folder` (its path, size and time): a
+    folder that gained, lost or changed an image is another run's data."""
+    if not os.path.isdir(folder):
+        return None
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            stat = os.stat(path)
+            relative = os.path.relpath(path, folder)
+            digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def _finished(args, command: dict[str, Any]) -> dict[str, Any] | None:
@@ -164,7 +188,8 @@ def train(args) -> int:
     report = _finished(args, command)
     if report is not None:
         accuracy = report["phases"][-1].get("test_accuracy")
-        tested = "" if accuracy is None else f", test accuracy {accuracy:.2%}"
+        where = report["settings"].get("tested_on") or "the test data"
+        tested = "" if accuracy is None else f", accuracy {accuracy:.2%} on {where}"
         print(
             f"{args.out}: finished earlier ({len(report['phases'])} stages"
             f"{tested}); nothing trained. Report: "
@@ -205,16 +230,12 @@ def _export_finished(args) -> None:
     from transferkit.run_folder.loading import load_trained_model
     from transferkit.serving.exporting import export
 
-    report = load_report(args.out)
-    settings = report["settings"]
-    folder = settings.get("test") or settings["train"]
-    if settings.get("library") == "keras-hub":
-        import keras_hub  # noqa: F401  (registers the backbone's classes)
+    command = load_report(args.out)["settings"]["command"]
     export(
         load_trained_model(args.out),
         args.export,
         format=args.format,
         quantize=args.quantize,
-        samples=[folder],
-        test_data=[settings["test"]] if settings.get("test") else None,
+        samples=[command["test"] or command["train"]],
+        test_data=[command["test"]] if command["test"] else None,
     )

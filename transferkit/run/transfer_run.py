@@ -534,6 +534,8 @@ class TransferRun:
             The report (`transferkit.load_report` reads it back).
         """
         where = directory if directory is not None else self._state.path
+        if directory is None and where is not None:
+            self._check_open()  # Its folder may be another process's now.
         return write_run_report(
             self._runner,
             test_data,

@@ -5,6 +5,7 @@ export`, `transferkit.load_trained_model`)."""
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import keras
@@ -38,4 +39,24 @@ def load_trained_model(path: str | os.PathLike) -> keras.Model:
         path = RunDirectory(path, writer=False).checkpoint_path(name) or path / name
     elif not path.is_file():
         raise ValueError(f"No such model file or run folder: {str(path)!r}")
+    _import_keras_hub_if_needed(path)
     return keras.saving.load_model(path, compile=False)
+
+
+def _import_keras_hub_if_needed(path: Path) -> None:
+    """Imports keras-hub, which registers its classes with Keras, when the
+    saved model holds a keras-hub backbone (`transferkit.backbones.hub`)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = archive.read("config.json")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return  # Keras' own loader says what is wrong with the file.
+    if b'"keras_hub' not in config:
+        return
+    try:
+        import keras_hub  # noqa: F401
+    except ImportError as error:
+        raise ImportError(
+            f"{str(path)!r} holds a keras-hub model; loading it needs "
+            "keras-hub: pip install 'transferkit[hub]'"
+        ) from error

@@ -31,7 +31,7 @@ from transferkit.records.phase_result import PhaseResult
 from transferkit.records.run_record import PhaseRecord, RunRecord
 from transferkit.run_folder.directory import RunDirectory, seed_states
 
-__all__ = ["RunState", "saved_phases"]
+__all__ = ["RunState", "recorded_spec", "saved_phases"]
 
 
 class RunState:
@@ -360,6 +360,20 @@ def saved_phases(directory: str | os.PathLike) -> list[tuple[str, int, int, bool
         return []
     record = RunRecord.from_json(state, repr(str(folder.state_path)))
     return [phase.summary for phase in record.phases]
+
+
+def recorded_spec(directory: str | os.PathLike, name: str) -> dict[str, Any] | None:
+    """The plan entry of the phase `name` that the run folder `directory`
+    records (its kind, epochs, optimizer's config, ...), or `None`; reads
+    `run.json` only, as `saved_phases` does."""
+    state = RunDirectory(directory, writer=False).load_state()
+    if state is None:
+        return None
+    record = RunRecord.from_json(state, repr(str(directory)))
+    for phase in record.phases:
+        if phase.spec.get("name") == name:
+            return dict(phase.spec)
+    return None
 
 
 def _only_optimizer_settings(recorded: Mapping, current: Mapping) -> bool:

@@ -5,11 +5,12 @@ facts the recipe needs (class names, images per class).
 Where the data comes from decides what the model is validated and tested
 on:
 
-- a `test` folder: each stage validates on it, and the report's test
-  figures are the model's on it (as the reference example does);
+- a `test` folder: the report's test figures are the model's on it, and
+  each stage validates on it unless a split is asked for too (as the
+  reference example does);
 - `validation_split=F`: that fraction of the training folder, held out with
   the recipe's seed, validates each stage (and, without a test folder, is
-  what the report's test figures are measured on);
+  what the report's test figures are measured on: `tested_on` says which);
 - neither: 20% held out, as if `validation_split=0.2`;
   `validation_split=0` trains on every image and validates on nothing.
 """
@@ -48,6 +49,24 @@ class FolderData:
     """Where each part came from, for the report."""
 
 
+def check_folders(
+    train: str | os.PathLike, test: str | os.PathLike | None
+) -> tuple[Path, Path | None]:
+    """The training and test folders, checked (each a folder of at least two
+    class folders, the same classes in both) before anything is built."""
+    train_dir, classes = _class_folder(train, "train")
+    if test is None:
+        return train_dir, None
+    test_dir, tested_classes = _class_folder(test, "test")
+    if tested_classes != classes:
+        raise ValueError(
+            f"The test folder's classes must be the training folder's. "
+            f"Training ({train_dir}): {classes}; test ({test_dir}): "
+            f"{tested_classes}."
+        )
+    return train_dir, test_dir
+
+
 def image_folders(
     train: str | os.PathLike,
     *,
@@ -58,16 +77,7 @@ def image_folders(
     seed: int,
 ) -> FolderData:
     """Reads the folders (see the module docstring)."""
-    train_dir, classes = _class_folder(train, "train")
-    test_dir = None
-    if test is not None:
-        test_dir, tested_classes = _class_folder(test, "test")
-        if tested_classes != classes:
-            raise ValueError(
-                f"The test folder's classes must be the training folder's. "
-                f"Training ({train_dir}): {classes}; test ({test_dir}): "
-                f"{tested_classes}."
-            )
+    train_dir, test_dir = check_folders(train, test)
     split = _split(validation_split, test_dir)
     options = dict(image_size=(image_size, image_size), batch_size=batch_size)
     if split:
@@ -90,16 +100,24 @@ def image_folders(
         tested = keras.utils.image_dataset_from_directory(
             test_dir, shuffle=False, class_names=names, verbose=False, **options
         )
-    folders = Counter(Path(path).parent.name for path in training.file_paths)
+    # Keras reads images in nested folders too: a class is the first part.
+    folders = Counter(
+        Path(path).relative_to(train_dir).parts[0] for path in training.file_paths
+    )
     return FolderData(
         train=training,
-        validation=tested if tested is not None else held_out,
+        validation=held_out if split else tested,
         test=tested if tested is not None else held_out,
         class_names=names,
         counts=[folders[name] for name in names],
         described={
             "train": str(train_dir),
             "test": None if test_dir is None else str(test_dir),
+            "tested_on": (
+                "the test folder"
+                if test_dir is not None
+                else ("the validation split" if split else None)
+            ),
             "validation": (
                 f"{split:.0%} of {train_dir}, held out (seed {seed})"
                 if split
@@ -111,13 +129,15 @@ def image_folders(
 
 
 def _class_folder(path: str | os.PathLike, argument: str) -> tuple[Path, list]:
-    folder = Path(os.fspath(path))
+    folder = Path(os.fspath(path)).resolve()
     if not folder.is_dir():
         raise ValueError(
             f"Expected `{argument}` to be a folder with one subfolder of images "
             f"per class. No folder at {str(folder)!r}."
         )
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    classes = sorted(  # As Keras lists them: hidden folders are no class.
+        p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
     if len(classes) < 2:
         raise ValueError(
             f"Expected `{argument}` ({str(folder)!r}) to hold one subfolder of "

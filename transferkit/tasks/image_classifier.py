@@ -31,9 +31,10 @@ from transferkit.groups.layer_group import LayerGroup
 from transferkit.phases.speed import Speed
 from transferkit.records.report import figures_line, format_phase, format_top_losses
 from transferkit.run.transfer_run import TransferRun
+from transferkit.run_folder.state import recorded_spec
 from transferkit.serving.exporting import ExportResult, export
 from transferkit.serving.predictions import FilePredictions, predict_files
-from transferkit.tasks.folders import FolderData, image_folders
+from transferkit.tasks.folders import FolderData, check_folders, image_folders
 from transferkit.tasks.recipe import ImageRecipe, augmentation_layer
 
 __all__ = ["ImageClassifierTask", "train_image_classifier"]
@@ -93,6 +94,7 @@ class ImageClassifierTask:
         **overrides: Any,
     ):
         self.recipe = ImageRecipe.of(recipe, overrides)
+        check_folders(train, test)  # Before any download.
         if weights is None or weights == "none":
             raise ValueError(
                 "The image task trains a head on a frozen pretrained backbone; "
@@ -221,6 +223,12 @@ class ImageClassifierTask:
         return self
 
     def _swept_rate(self, stages: Sequence[str], common: dict) -> float:
+        recorded = None if self.out is None else recorded_spec(self.out, "head")
+        if recorded is not None:
+            # The rate swept when the run began: a sweep on the trained
+            # weights would suggest another, and the run could not resume.
+            self.swept_rate = float(recorded["optimizer"]["learning_rate"])
+            return self.swept_rate
         sweep = self.run.find_learning_rate(
             self.data.train,
             freeze=stages,
@@ -228,7 +236,13 @@ class ImageClassifierTask:
             class_weight=common["class_weight"],
             seed=self.recipe.seed,
         )
-        self.swept_rate = sweep.suggested or 1e-3
+        if sweep.suggested is None:
+            raise ValueError(
+                f"The learning-rate sweep suggested no rate ({sweep.rule}). "
+                "Pass a learning rate (learning_rate=1e-3), or look at the sweep "
+                "(task.run.find_learning_rate(task.data.train).plot(path))."
+            )
+        self.swept_rate = sweep.suggested
         return self.swept_rate
 
     def settings(self) -> dict[str, Any]:
@@ -271,6 +285,11 @@ class ImageClassifierTask:
 
     def evaluate(self, data: Any = None) -> dict[str, Any]:
         """Loss and accuracy on `data` (default: the test data)."""
+        if data is None and self.data.test is None:
+            raise ValueError(
+                "The task has no test data (no test folder, validation_split=0): "
+                "pass data, e.g. task.evaluate('photos/test')."
+            )
         return self.run.evaluate(self.data.test if data is None else data)
 
     def export(

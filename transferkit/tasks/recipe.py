@@ -102,12 +102,12 @@ class ImageRecipe:
                 "Expected `dropout` to be a number in [0, 1). Received: "
                 f"dropout={self.dropout!r}"
             )
-        unknown = [a for a in self.augmentation if a not in AUGMENTATIONS]
-        if isinstance(self.augmentation, str) or unknown:
+        names = self.augmentation
+        if not isinstance(names, tuple) or any(a not in AUGMENTATIONS for a in names):
             raise ValueError(
                 f"Expected `augmentation` to be a tuple of names from "
-                f"{sorted(AUGMENTATIONS)}. Received: augmentation="
-                f"{self.augmentation!r}"
+                f"{sorted(AUGMENTATIONS)}, or () for none. Received: "
+                f"augmentation={names!r}"
             )
         if self.class_weights not in CLASS_WEIGHTS:
             raise ValueError(
@@ -131,7 +131,7 @@ class ImageRecipe:
                 f"fields of ImageRecipe: {sorted(fields)}."
             )
         values = dict(overrides)
-        if "augmentation" in values and values["augmentation"] is not None:
+        if isinstance(values.get("augmentation"), (list, tuple)):
             values["augmentation"] = tuple(values["augmentation"])
         return dataclasses.replace(recipe, **values)
 
