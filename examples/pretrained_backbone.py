@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,14 +48,11 @@ from transferkit import (
 )
 from transferkit.datasets import mnist
 from transferkit.records import (
-    build_report,
     ensure_writable,
     figures_line,
     format_phase,
     format_top_losses,
-    write_report,
 )
-from transferkit.serving import confusion_matrix, top_losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,7 +339,6 @@ def run_stages(run, args, train, test, pretrain) -> PhaseResult:
 def main(argv=None) -> dict:
     """Runs the stages; returns the report (also written with --out)."""
     args = parse_args(argv)
-    start = time.perf_counter()
     if args.out:
         ensure_writable(args.out)
     keras.utils.set_random_seed(args.seed)
@@ -383,16 +378,15 @@ def main(argv=None) -> dict:
             cache_datasets=True,
         ),
     )
-    for name, done, epochs, finished in run.saved_phases:
-        state = "finished" if finished else f"resuming after epoch {done} of {epochs}"
-        print(f"Stage '{name}' in {args.out}: {state}.", flush=True)
-    last = run_stages(run, args, train, test, pretrain)
+    # A rerun restores finished stages (one line each) and resumes the rest.
+    run_stages(run, args, train, test, pretrain)
 
-    mistakes = top_losses(run.model, test, phase=last.name, batch_size=256)
-    report = build_report(
-        run.results,
+    # One call: every stage, the test data's confusion matrix and worst
+    # mistakes, the time of every process; written into --out.
+    report = run.report(
+        test,
         dataset=source,
-        total_seconds=time.perf_counter() - start + run.earlier_seconds,
+        batch_size=256,
         settings={
             "backbone": args.backbone,
             "cut": backbone.cut,
@@ -405,8 +399,6 @@ def main(argv=None) -> dict:
             "feature_cache": args.feature_cache,
             "class_names": names,
         },
-        confusion=confusion_matrix(run.model, test, phase=last.name, batch_size=256),
-        top_losses=mistakes,
     )
     print()
     for phase in report["phases"]:
@@ -414,9 +406,7 @@ def main(argv=None) -> dict:
     print(f"Total: {report['total_seconds']:.1f} s on {source}")
     print("\n" + "\n".join(format_top_losses(report)))
     if args.out:
-        images = {"top_losses": mistakes.images}
-        json_path, md_path = write_report(args.out, report, images=images)
-        print(f"Wrote {json_path} and {md_path}")
+        print(f"Wrote {args.out}/report.json and {args.out}/report.md")
         print(figures_line(report))
     run.close()  # Another process may now write the folder.
     return report

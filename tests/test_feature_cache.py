@@ -18,7 +18,8 @@ from conftest import (
 from keras import layers
 from tiny import run_options
 
-from transferkit import LayerGroup, TransferRun
+from transferkit import LayerGroup, Speed, TransferRun
+from transferkit.backbones import load_backbone
 from transferkit.cache.features import FeatureCache, FeatureFile
 from transferkit.cache.plan import plan_cache
 
@@ -292,3 +293,127 @@ def test_a_cached_dataset_keeps_its_labels_with_its_samples(tmp_path):
     labels = cache.labels["train"]
     assert len(features) == len(labels) == 24 and cache.batch_sizes["train"] == 5
     np.testing.assert_array_equal(labels, (features.min(axis=1) // 60).astype(int))
+
+
+def mobilenet_v3_phase(feature_cache):
+    """MobileNetV3Small (random weights, 32x32) cut at its catalogue stages
+    under a small head, fine-tuned one epoch with all stages but the last
+    frozen; returns the model and the phase's result."""
+    keras.utils.set_random_seed(3)
+    backbone = load_backbone("MobileNetV3Small", weights=None, image_size=32)
+    model = backbone.groups[0]
+    for group in backbone.groups[1:]:
+        model = model + group
+    model = model + LayerGroup(
+        "head",
+        [layers.GlobalAveragePooling2D(), layers.Dense(3, activation="softmax")],
+    )
+    rng = np.random.default_rng(0)
+    y = np.arange(32) % 3
+    x = rng.uniform(0, 255, size=(32, 32, 32, 3)).astype("float32")
+    run = TransferRun(
+        model,
+        optimizer=lambda: keras.optimizers.SGD(0.05),
+        loss=SPARSE,
+        batch_size=16,
+        verbose=0,
+        seed=3,
+        speed=Speed(feature_cache=feature_cache),
+    )
+    result = run.fine_tune((x, y), freeze=backbone.stages[:-1], epochs=1)
+    return model, result
+
+
+def test_a_cut_between_non_layer_operations_ends_the_cache_exactly():
+    # MobileNetV3's hard sigmoid (`x + 3.0`, `* (1 / 6)`) runs Keras
+    # operations that are not layers between its layers; its stage cuts are
+    # crossed by one tensor all the same.
+    cached_model, cached = mobilenet_v3_phase(True)
+    plain_model, plain = mobilenet_v3_phase(False)
+
+    assert cached.cache_code == "covers_frozen"
+    assert cached.cached_layers == 110
+    assert cached.cache.endswith(
+        "layers pixels..expanded_conv_7_add: ends at 'expanded_conv_7_add' "
+        "in 'MobileNetV3Small', covers the frozen groups"
+    )
+    assert plain.cache_code == "off"
+    assert cached.frozen_unchanged is True and plain.frozen_unchanged is True
+    # The frozen stages bitwise; what trains to the tolerance of the tests
+    # above (the rest of the backbone's graph runs apart from its front).
+    for name, group in cached_model.groups.items():
+        cached_values = snapshot(group.variables).values()
+        plain_values = snapshot(plain_model.groups[name].variables).values()
+        for a, b in zip(cached_values, plain_values, strict=True):
+            if name in ("stage_5", "head"):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+            else:
+                assert bitwise_equal(a, b)
+
+
+def skipping_model(skip):
+    """Conv2D 'a', 'b', 'c' split after 'b' into 'bottom' and 'top', with a
+    Keras operation (not a layer) after 'c': with `skip`, an add of 'a' and
+    'c' (a shortcut over the cut); else a hard sigmoid of 'c'."""
+    inputs = keras.Input(IMAGE_SHAPE)
+    a = layers.Conv2D(4, 3, padding="same", name="a")(inputs)
+    b = layers.Conv2D(4, 3, padding="same", name="b")(a)
+    c = layers.Conv2D(4, 3, padding="same", name="c")(b)
+    joined = keras.ops.add(a, c) if skip else keras.ops.relu6(c + 3.0) / 6.0
+    outputs = layers.Flatten(name="flat")(joined)
+    bottom, top = LayerGroup.split(
+        keras.Model(inputs, outputs, name="skipping"),
+        at="b",
+        names=["bottom", "top"],
+    )
+    model = bottom + top + LayerGroup("classifier", [layers.Dense(3)])
+    bottom.trainable = False
+    return model
+
+
+def test_a_cut_crossed_by_a_shortcut_through_an_operation_is_not_used():
+    plan = plan_cache(skipping_model(skip=True), ["bottom"])
+
+    assert plan.code == "moved_back"
+    assert plan.layers == 2
+    assert plan.reason == (
+        "ends at 'a' in 'skipping', covers the frozen groups; moved back from "
+        "'b', where 2 tensors cross the cut (from ['b', 'a'])"
+    )
+
+
+def test_a_cut_before_operations_that_use_its_output_alone_is_used():
+    model = skipping_model(skip=False)
+    x = make_data(samples=4)[0]
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+
+    plan = plan_cache(model, ["bottom"])
+
+    assert (plan.code, plan.layers, plan.span) == ("covers_frozen", 3, "a..b")
+    for layer in plan.front + plan.rest:
+        x = layer(x, training=False)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(x), expected)
+
+
+def test_a_split_sequential_is_cached_up_to_its_cut():
+    inner = keras.Sequential(
+        [
+            keras.Input(IMAGE_SHAPE),
+            layers.Conv2D(4, 3, name="a"),
+            layers.Conv2D(4, 3, name="b"),
+            layers.Flatten(name="flat"),
+        ],
+        name="inner",
+    )
+    bottom, top = LayerGroup.split(inner, at="a", names=["bottom", "top"])
+    model = bottom + top + LayerGroup("classifier", [layers.Dense(3)])
+    bottom.trainable = False
+    x = make_data(samples=4)[0]
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+
+    plan = plan_cache(model, ["bottom"])
+
+    assert (plan.code, plan.layers, plan.span) == ("covers_frozen", 1, "a")
+    for layer in plan.front + plan.rest:
+        x = layer(x, training=False)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(x), expected)

@@ -60,10 +60,14 @@ def test_the_offline_default_pretrains_then_transfers_in_cached_stages(
     ).is_file()
 
     capsys.readouterr()
-    again = example.main(list(map(str, args)))  # The same command resumes.
+    louder = [*args[:-1], "1"]  # --verbose 1: the restored stages say so.
+    again = example.main(list(map(str, louder)))  # The same command resumes.
 
     printed = capsys.readouterr().out
-    assert f"Stage 'all' in {out}: finished." in printed
+    for stage in ("pretrain", "head", "top", "all"):
+        assert f"phase '{stage}' finished earlier in {out}: restored, not trained" in (
+            printed
+        )
     assert [p["test_accuracy"] for p in again["phases"]] == [
         p["test_accuracy"] for p in report["phases"]
     ]

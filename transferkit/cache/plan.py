@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from transferkit.cache.cuts import Cuts, graph_of
 from transferkit.groups import tree
 from transferkit.groups.behaviour import (
     dataset_opaque_operations,
@@ -192,8 +193,9 @@ def plan_cache(model: keras.Model, frozen: Sequence[str], views: int = 1) -> Cac
     Inside a backbone (groups from `LayerGroup.split`), the cache ends at a
     layer whose output alone carries everything the rest of the backbone
     needs (a cut crossed by one tensor, such as InceptionV3's `mixedN` or a
-    ResNet stage's output); elsewhere it moves back to the nearest such
-    layer.
+    ResNet stage's output; `transferkit.cache.cuts`, which counts what Keras
+    operations that are not layers use too); elsewhere it moves back to the
+    nearest such layer.
 
     Args:
         model: a `Sequential` model with `groups`.
@@ -324,19 +326,12 @@ def _cut(
             tuple(outer[index + 1 :]),
             _span(prefix[:end]),
         )
-    crossing = _crossing(backbone, position)
-    note = ""
-    if crossing != [last.name]:
-        note = (
-            f"; moved back from '{last.name}', where {len(crossing)} tensors "
-            f"cross the cut (from {crossing})"
-        )
-    for cut in range(position, 0, -1):
-        if _crossing(backbone, cut) != [inner[cut].name]:
-            continue
+    found, note = _single_tensor_cut(backbone, inner, position)
+    if found is not None:
+        cut, tensor, graph = found
         layer = inner[cut]
-        front = keras.Model(backbone.input, layer.output, name=f"{layer.name}_front")
-        rest = keras.Model(layer.output, backbone.output, name=f"{layer.name}_rest")
+        front = keras.Model(graph.input, tensor, name=f"{layer.name}_front")
+        rest = keras.Model(tensor, graph.output, name=f"{layer.name}_rest")
         cached = end - (position - cut)
         return CachePlan(
             cached,
@@ -363,6 +358,33 @@ def _cut(
         tuple(outer[index:]),
         _span(prefix[:before]),
     )
+
+
+def _single_tensor_cut(backbone: keras.Model, inner: list, position: int):
+    """`((cut, tensor, graph), note)`: the last of `inner[: position + 1]`
+    (the backbone's layers) after which one tensor alone, its own output,
+    crosses the backbone's graph, and a note when that is not
+    `inner[position]`; `(None, "")` for a backbone without a graph (a
+    subclassed model), or when no such layer comes before."""
+    if graph_of(backbone) is None:
+        return None, ""
+    cuts = Cuts(backbone)
+    last = inner[position]
+    note = ""
+    if cuts.single(last) is None:
+        count = len(cuts.crossing(last))
+        note = (
+            f"; moved back from '{last.name}', where {count} "
+            f"{'tensor crosses' if count == 1 else 'tensors cross'} the cut "
+            f"(from {cuts.producers(last)})"
+        )
+    for cut in range(position, -1, -1):
+        if isinstance(inner[cut], keras.layers.InputLayer):
+            continue  # A cut there would cache nothing.
+        tensor = cuts.single(inner[cut])
+        if tensor is not None:
+            return (cut, tensor, cuts.graph), note
+    return None, ""
 
 
 def _holder(outer, layer) -> tuple[int, keras.Layer] | None:
@@ -403,29 +425,6 @@ def _inside_layer(outer, prefix, end):
         prefix[moved].name,
     )
     return moved, container
-
-
-def _crossing(backbone: keras.Model, cut: int) -> list[str]:
-    """Names of the layers at or before `backbone.layers[cut]` whose outputs
-    the layers after it use (the backbone's output included)."""
-    inner = backbone.layers
-    after = {id(layer) for layer in inner[cut + 1 :]}
-    # The graph's nodes, by Keras' key (a layer may be used in other graphs).
-    nodes = backbone._nodes
-    used = {}
-    for layer in inner[cut + 1 :]:
-        for number, node in enumerate(layer._inbound_nodes):
-            if f"{id(layer)}_ib-{number}" not in nodes:
-                continue
-            for tensor in node.input_tensors:
-                producer = tensor._keras_history[0]
-                if id(producer) not in after:
-                    used[id(producer)] = producer.name
-    for tensor in backbone.outputs:
-        producer = tensor._keras_history[0]
-        if id(producer) not in after:
-            used[id(producer)] = producer.name
-    return list(used.values())
 
 
 def _span(layers) -> str:
