@@ -10,7 +10,11 @@ either and is not), so this module traces the layer: once with
 random operation in the training graph means noise or augmentation; two
 graphs that differ mean a layer that behaves differently in training (a
 trainable `BatchNormalization`). A frozen `BatchNormalization` traces the same
-graph both ways, and is cached.
+graph both ways, and is cached. The graphs are compared for what they
+compute, not for the names each trace makes up (a custom gradient's key, a
+nested `tf.function`'s name, a captured variable's placeholder); what cannot
+be read without its name is compared by name, so that doubt reads as a
+difference.
 
 A `tf.data.Dataset` is read the same way: its serialized graph names every
 operation of its pipeline, the functions of its `map` calls included;
@@ -173,37 +177,173 @@ def first_varying_layer(layers: Sequence[keras.Layer]) -> tuple[int, str]:
 
 def _compare(call: Callable[[Any, bool], Any], specs: Any) -> str:
     """The behaviour of `call(x, training)` on inputs of `specs`."""
-    graphs = {
-        training: tf.function(lambda x, t=training: call(x, t))
-        .get_concrete_function(specs)
-        .graph.as_graph_def()
+    functions = {
+        training: tf.function(lambda x, t=training: call(x, t)).get_concrete_function(
+            specs
+        )
         for training in (True, False)
     }
+    graphs = {training: f.graph.as_graph_def() for training, f in functions.items()}
     if random_operations(graphs[False]):
         return "draws random numbers"
     if random_operations(graphs[True]):
         return "draws random numbers in training"
-    if _nodes(graphs[True]) != _nodes(graphs[False]):
+    computes = {
+        training: _computation(function, graphs[training])
+        for training, function in functions.items()
+    }
+    if computes[True] != computes[False]:
         return "behaves differently in training"
     return ""
 
 
-def _nodes(graph: graph_pb2.GraphDef) -> list:
-    """What a graph computes, node by node: names, operations, inputs and
-    attributes (both traces of one function name their nodes alike)."""
-    return [
-        (node.name, node.op, list(node.input), _attributes(node)) for node in graph.node
-    ]
+_NAMING_ATTRIBUTES = frozenset({"_gradient_op_type", "_user_specified_name"})
+"""Node attributes that only name a trace: the key under which
+`tf.custom_gradient` (Keras' swish) registers a gradient, a unique
+"CustomGradient-N" that the forward computation never reads, and the name a
+placeholder was given."""
 
 
-def _attributes(node) -> list:
-    # A called function's name is unique per trace; its body is compared
-    # through the random operations and the nodes that call it.
-    return sorted(
-        (key, value.SerializeToString(deterministic=True))
-        for key, value in node.attr.items()
-        if not value.HasField("func") and not value.list.func
+def _computation(function, graph: graph_pb2.GraphDef) -> tuple:
+    """What a traced function computes, free of the names its trace chose.
+
+    Its nodes in order, each named by its position; a placeholder by what it
+    stands for (an argument, by position, or the very tensor it captures: a
+    variable's handle); a called function by its own content (a nested
+    `tf.function`, such as the XLA one Keras runs grouped convolutions in,
+    is named anew by every trace); and the tensors it returns. Two traces
+    that read alike compute the same; what cannot be read apart from its
+    name is kept by name, so that a renaming shows as a difference.
+    """
+    # Both traces live while they are compared, so an id names one tensor.
+    captured = {
+        internal.op.name: ("captures", id(external))
+        for external, internal in function.graph.captures
+    }
+    arguments = [t for t in function.graph.inputs if t.op.name not in captured]
+    roles = {t.op.name: ("argument", i) for i, t in enumerate(arguments)}
+    roles.update(captured)
+    library = _Library(graph.library)
+    names = {node.name: ("node", i) for i, node in enumerate(graph.node)}
+
+    def reference(ref: str) -> tuple:
+        return _reference(ref, names)
+
+    nodes = tuple(
+        library.node(
+            node,
+            reference,
+            # A placeholder that stands for nothing known never matches.
+            roles.get(node.name, object()) if node.op == "Placeholder" else None,
+        )
+        for node in graph.node
     )
+    outputs = tuple(reference(t.name) for t in function.graph.outputs)
+    # Operations run for their effects, in no order of their own.
+    effects = sorted(
+        (reference(f"^{op.name}") for op in function.graph.control_outputs), key=repr
+    )
+    return nodes, outputs, tuple(effects)
+
+
+def _reference(reference: str, nodes: dict, arguments: dict | None = None) -> tuple:
+    """A node input (`"name"`, `"name:port"`, `"^name"`, or in a function
+    `"argument"` and `"name:output:index"`) with its node or argument named
+    by position; an unknown name is kept as it is."""
+    control = reference.startswith("^")
+    head, *rest = reference.lstrip("^").split(":")
+    known = nodes if arguments is None or control or rest else arguments
+    return (control, known.get(head, head), *rest)
+
+
+class _Library:
+    """The functions of a graph's library, each read as what it computes
+    (see `_computation`), once."""
+
+    def __init__(self, library) -> None:
+        self._definitions = {f.signature.name: f for f in library.function}
+        self._read: dict[str, tuple] = {}
+
+    def function(self, name: str) -> tuple:
+        """What the function `name` computes; a function outside the library
+        (a registered op) by its name."""
+        if name not in self._definitions:
+            return ("named", name)
+        if name not in self._read:
+            # A function that calls itself while read matches nothing.
+            self._read[name] = ("calls itself", object())
+            self._read[name] = self._content(self._definitions[name])
+        return self._read[name]
+
+    def node(self, node, reference: Callable[[str], tuple], role=None) -> tuple:
+        """What a node computes: its operation (a called function by its
+        content), its inputs, device, attributes and type, and `role`."""
+        called = node.op in self._definitions
+        return (
+            self.function(node.op) if called else node.op,
+            tuple(map(reference, node.input)),
+            node.device,
+            self.attributes(node.attr),
+            node.experimental_type.SerializeToString(deterministic=True),
+            role,
+        )
+
+    def attributes(self, attributes) -> tuple:
+        """Attributes, sorted, but those that only name a trace; a function
+        among them by its content."""
+        return tuple(
+            sorted(
+                (key, self._value(value))
+                for key, value in attributes.items()
+                if key not in _NAMING_ATTRIBUTES
+            )
+        )
+
+    def _value(self, value) -> Any:
+        if value.HasField("func"):
+            return self._call(value.func)
+        if value.list.func:
+            return tuple(map(self._call, value.list.func))
+        return value.SerializeToString(deterministic=True)
+
+    def _call(self, function) -> tuple:
+        return self.function(function.name), self.attributes(function.attr)
+
+    def _content(self, function) -> tuple:
+        """A `FunctionDef` read as in `_computation`: its arguments, nodes
+        and results by position, its signature but for names."""
+        signature = type(function.signature)()
+        signature.CopyFrom(function.signature)
+        signature.ClearField("name")
+        signature.ClearField("control_output")
+        for argument in [*signature.input_arg, *signature.output_arg]:
+            argument.ClearField("name")
+            argument.ClearField("description")
+        arguments = {
+            a.name: ("argument", i) for i, a in enumerate(function.signature.input_arg)
+        }
+        nodes = {node.name: ("node", i) for i, node in enumerate(function.node_def)}
+
+        def reference(ref: str) -> tuple:
+            return _reference(ref, nodes, arguments)
+
+        returns = [function.ret[a.name] for a in function.signature.output_arg]
+        effects = [
+            f"^{function.control_ret[name]}"
+            for name in function.signature.control_output
+        ]
+        return (
+            signature.SerializeToString(deterministic=True),
+            self.attributes(function.attr),
+            tuple(
+                (index, self.attributes(function.arg_attr[index].attr))
+                for index in sorted(function.arg_attr)
+            ),
+            tuple(sorted(function.resource_arg_unique_id.items())),
+            tuple(self.node(node, reference) for node in function.node_def),
+            tuple(map(reference, returns)),
+            tuple(sorted(map(reference, effects), key=repr)),
+        )
 
 
 def input_spec(tensor) -> tf.TensorSpec:
