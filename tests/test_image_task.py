@@ -232,6 +232,10 @@ def test_folders_are_checked_before_anything_is_built(tmp_path, folders):
 def test_the_command_trains_exports_and_then_says_it_is_finished(
     folders, tmp_path, capsys
 ):
+    # A tiny keras-hub preset folder as the backbone: the command's own work
+    # is what this test checks, not MobileNetV2's tracing.
+    preset = tmp_path / "preset"
+    _tiny_hub_preset(preset)
     # A SavedModel: the quickest export to check (the .tflite's labels are
     # checked in test_tflite_labels).
     out, artifact = tmp_path / "run", tmp_path / "export"
@@ -242,14 +246,12 @@ def test_the_command_trains_exports_and_then_says_it_is_finished(
         str(out),
         "--test",
         str(folders["test"]),
-        "--weights",
-        str(folders["weights"]),
-        "--image-size",
-        "32",
+        "--backbone",
+        str(preset),
         "--epochs",
         "1",
         "--fine-tune-epochs",
-        "0",
+        "1",
         "--export",
         str(artifact),
         "--format",
@@ -259,7 +261,8 @@ def test_the_command_trains_exports_and_then_says_it_is_finished(
     ]
     assert main(arguments) == 0
     report = transferkit.load_report(out)
-    assert [p["name"] for p in report["phases"]] == ["head"]
+    assert [p["name"] for p in report["phases"]] == ["head", "top"]
+    assert report["settings"]["library"] == "keras-hub"
     assert report["phases"][-1]["test_accuracy"] is not None
     assert (artifact / "labels.txt").read_text().split() == list(CLASSES)
     assert (artifact / "saved_model.pb").is_file()
@@ -269,7 +272,7 @@ def test_the_command_trains_exports_and_then_says_it_is_finished(
     assert main(arguments) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1
-    assert printed[0].startswith(f"{out}: finished earlier (1 stages, accuracy "), (
+    assert printed[0].startswith(f"{out}: finished earlier (2 stages, accuracy "), (
         printed
     )
     assert "on the test folder); nothing trained." in printed[0]
