@@ -200,6 +200,11 @@ def train(args) -> int:
         return 0
     from transferkit.tasks.image_classifier import ImageClassifierTask
 
+    if args.export:
+        from transferkit.serving.targets import check_target
+
+        # Before training, not after: a wrong --export costs no training.
+        check_target(Path(args.export), args.format, overwrite=False)
     weights = None if args.weights.lower() == "none" else args.weights
     task = ImageClassifierTask(
         args.train_dir,
