@@ -279,9 +279,7 @@ def test_the_command_trains_exports_and_then_says_it_is_finished(
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == checkpoint
 
 
-def test_the_command_checks_its_export_path_before_training(
-    folders, tmp_path, capsys
-):
+def test_the_command_checks_its_export_path_before_training(folders, tmp_path, capsys):
     arguments = ["train", str(folders["train"]), "--out", str(tmp_path / "run")]
     arguments += ["--export", str(tmp_path / "missing" / "m.tflite")]
     assert main(arguments) == 2
