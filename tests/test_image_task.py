@@ -23,7 +23,11 @@ QUICK = dict(image_size=32, epochs=1, fine_tune_epochs=1, batch_size=16, verbose
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("images")
-    return {**write_folders(root), "weights": weights_file(root)}
+    # A tiny keras-hub preset: for the tests of the data's plumbing, a
+    # backbone that builds in a fraction of a second.
+    _tiny_hub_preset(root / "preset")
+    hub = dict(backbone=str(root / "preset"), **QUICK)
+    return {**write_folders(root), "weights": weights_file(root), "hub": hub}
 
 
 @pytest.fixture(scope="module")
@@ -117,18 +121,15 @@ def test_a_rerun_restores_without_training_and_sums_the_time(fitted, folders, ca
 
 def test_an_imbalanced_folder_gets_balanced_class_weights(tmp_path, folders):
     paths = write_folders(tmp_path, train=(24, 8, 8), test=4)
-    task = ImageClassifierTask(
-        paths["train"], test=paths["test"], weights=folders["weights"], **QUICK
-    )
+    task = ImageClassifierTask(paths["train"], test=paths["test"], **folders["hub"])
     assert task.class_weight == "balanced"
     assert task.data.counts == [24, 8, 8]
     assert task.settings()["class_weight"] == "balanced"
     even = ImageClassifierTask(
         folders["train"],
         test=folders["test"],
-        weights=folders["weights"],
         class_weights="auto",
-        **QUICK,
+        **folders["hub"],
     )
     assert even.class_weight is None
     assert even.data.described["validation"] == str(folders["test"])
@@ -139,8 +140,7 @@ def test_a_split_beside_a_test_folder_validates_and_the_test_folder_tests(folder
         folders["train"],
         test=folders["test"],
         validation_split=0.25,
-        weights=folders["weights"],
-        **QUICK,
+        **folders["hub"],
     )
     assert task.data.validation is not task.data.test
     assert len(task.data.validation.file_paths) == 12  # A quarter of 48.
@@ -155,9 +155,7 @@ def test_hidden_and_nested_folders_count_as_keras_reads_them(tmp_path, folders):
     nested.mkdir()
     for image in sorted((paths["train"] / CLASSES[0]).glob("*.png"))[:4]:
         (nested / image.name).write_bytes(image.read_bytes())
-    task = ImageClassifierTask(
-        paths["train"], test=paths["test"], weights=folders["weights"], **QUICK
-    )
+    task = ImageClassifierTask(paths["train"], test=paths["test"], **folders["hub"])
     assert task.class_names == list(CLASSES)
     assert task.data.counts == [12, 8, 8]
 
@@ -181,7 +179,7 @@ def test_the_command_s_finished_check_sees_a_changed_folder(folders, tmp_path):
 
 
 def test_without_a_test_folder_a_fifth_is_held_out(folders):
-    task = ImageClassifierTask(folders["train"], weights=folders["weights"], **QUICK)
+    task = ImageClassifierTask(folders["train"], **folders["hub"])
     assert task.data.described["validation"].startswith("20% of ")
     assert len(task.data.train.file_paths) + len(task.data.test.file_paths) == 48
 
@@ -217,15 +215,14 @@ def test_random_weights_are_refused(folders):
 
 def test_folders_are_checked_before_anything_is_built(tmp_path, folders):
     with pytest.raises(ValueError, match=r"No folder at '.*nowhere'"):
-        ImageClassifierTask(tmp_path / "nowhere", weights=folders["weights"], **QUICK)
+        ImageClassifierTask(tmp_path / "nowhere", **folders["hub"])
     (tmp_path / "odd" / "zero").mkdir(parents=True)
     (tmp_path / "odd" / "three").mkdir()
     with pytest.raises(ValueError, match=r"test folder's classes must be"):
         ImageClassifierTask(
             folders["train"],
             test=tmp_path / "odd",
-            weights=folders["weights"],
-            **QUICK,
+            **folders["hub"],
         )
 
 
