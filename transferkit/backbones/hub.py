@@ -63,11 +63,7 @@ def load_hub_backbone(source: str, *, weights, image_size: int | None):
     model(keras.ops.zeros((1, size, size, 3)))  # Builds it at this size.
     ends = stage_ends(model)
     names = [f"stage_{i + 1}" for i in range(len(ends) + 1)]
-    stages = (
-        LayerGroup.split(model, at=ends, names=names)
-        if ends
-        else [LayerGroup.split(model, at=[], names=["stage_1"])[0]]
-    )
+    stages = LayerGroup.split(model, at=ends, names=names)
     return Backbone(
         name=source,
         groups=(preprocess, *stages),

@@ -15,12 +15,7 @@ from pathlib import Path
 
 from transferkit.cli.train import add_train, train
 from transferkit.errors import ReportError
-from transferkit.records.report import (
-    figures_line,
-    format_phase,
-    format_top_losses,
-    load_report,
-)
+from transferkit.records.report import format_summary, load_report
 from transferkit.utils.io import atomic_write
 
 
@@ -55,15 +50,7 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"Data: {report['dataset']}\n")
-    for phase in report["phases"]:
-        print(format_phase(phase), end="\n\n")
-    print(f"Total: {report['total_seconds']:.1f} s")
-    top = format_top_losses(report)
-    if top:
-        print("\n" + "\n".join(top))
-    line = figures_line(report)
-    if line:
-        print(line)
+    print(format_summary(report))
     return 0
 
 

@@ -196,7 +196,7 @@ def train(args) -> int:
             f"{os.path.join(args.out, 'report.md')}"
         )
         if args.export and not os.path.exists(args.export):
-            _export_finished(args)
+            _export_finished(args, report["settings"]["command"])
         return 0
     from transferkit.tasks.image_classifier import ImageClassifierTask
 
@@ -231,11 +231,10 @@ def train(args) -> int:
     return 0
 
 
-def _export_finished(args) -> None:
+def _export_finished(args, command: dict[str, Any]) -> None:
     from transferkit.run_folder.loading import load_trained_model
     from transferkit.serving.exporting import export
 
-    command = load_report(args.out)["settings"]["command"]
     export(
         load_trained_model(args.out),
         args.export,

@@ -24,6 +24,7 @@ __all__ = [
     "figures_line",
     "format_markdown",
     "format_phase",
+    "format_summary",
     "format_top_losses",
     "load_report",
     "write_report",
@@ -142,6 +143,21 @@ def format_phase(phase: Mapping[str, Any]) -> str:
     lines = [f"Phase '{phase['name']}'"]
     lines += [f"  {label:<{width}}  {value}" for label, value in rows]
     return "\n".join(lines)
+
+
+def format_summary(report: Mapping[str, Any]) -> str:
+    """The report as `transferkit report` prints it after its data line (and
+    the image task after training): each phase's table, the total, the top
+    losses and the figures."""
+    parts = [format_phase(phase) + "\n" for phase in report["phases"]]
+    parts.append(f"Total: {report['total_seconds']:.1f} s")
+    top = format_top_losses(report)
+    if top:
+        parts.append("\n" + "\n".join(top))
+    line = figures_line(report)
+    if line:
+        parts.append(line)
+    return "\n".join(parts)
 
 
 def figures_line(report: Mapping[str, Any]) -> str | None:

@@ -100,18 +100,30 @@ def evaluation(
     top = _top_of(model, data, files, predictions, phase, count, None)
     truth, predicted = predictions.labels, predictions.predicted
     size = int(predictions.outputs.shape[-1])
-    matrix = np.bincount(truth * size + predicted, minlength=size * size)
     confusion = {
         "phase": phase,
         "classes": top.classes,
-        "matrix": matrix.reshape(size, size).tolist(),
+        "matrix": _counts(truth, predicted, size),
     }
-    true_probability = predictions.outputs[np.arange(len(truth)), truth]
     metrics = {
         "accuracy": float(np.mean(predicted == truth)),
-        "loss": float(np.mean(-np.log(np.clip(true_probability, 1e-12, 1.0)))),
+        "loss": float(np.mean(_losses(predictions)[1])),
     }
     return top, confusion, metrics
+
+
+def _counts(truth: np.ndarray, predicted: np.ndarray, size: int) -> list:
+    """`counts[i][j]`: samples of class i predicted as class j."""
+    matrix = np.bincount(truth * size + predicted, minlength=size * size)
+    return matrix.reshape(size, size).tolist()
+
+
+def _losses(predictions) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample's probability of its true class, and its loss
+    `-log p(true class)`."""
+    outputs, truth = predictions.outputs, predictions.labels
+    true_probability = outputs[np.arange(len(truth)), truth]
+    return true_probability, -np.log(np.clip(true_probability, 1e-12, 1.0))
 
 
 def _labelled_predictions(model, data, batch_size):
@@ -129,8 +141,7 @@ def _labelled_predictions(model, data, batch_size):
 
 def _top_of(model, data, files, predictions, phase, count, class_names) -> TopLosses:
     outputs, truth = predictions.outputs, predictions.labels
-    true_probability = outputs[np.arange(len(truth)), truth]
-    loss = -np.log(np.clip(true_probability, 1e-12, 1.0))
+    true_probability, loss = _losses(predictions)
     wrong = np.flatnonzero(predictions.predicted != truth)
     worst = wrong[np.argsort(-loss[wrong], kind="stable")][:count]
     names = list(class_names or getattr(model, "class_names", None) or ())
@@ -234,12 +245,11 @@ def confusion_matrix(
         size = int(model.output_shape[-1])
     else:
         size = int(max(truth.max(), predicted.max())) + 1
-    matrix = np.bincount(truth * size + predicted, minlength=size * size)
     names = class_names or getattr(model, "class_names", None)
     if names is None:
         names = data.classes if isinstance(data, ClassSubset) else range(size)
     return {
         "phase": phase,
         "classes": list(names),
-        "matrix": matrix.reshape(size, size).tolist(),
+        "matrix": _counts(truth, predicted, size),
     }

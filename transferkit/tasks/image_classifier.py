@@ -29,7 +29,7 @@ from transferkit.backbones.backbone import Backbone
 from transferkit.backbones.building import load_backbone
 from transferkit.groups.layer_group import LayerGroup
 from transferkit.phases.speed import Speed
-from transferkit.records.report import figures_line, format_phase, format_top_losses
+from transferkit.records.report import format_summary
 from transferkit.run.transfer_run import TransferRun
 from transferkit.run_folder.state import recorded_spec
 from transferkit.serving.exporting import ExportResult, export
@@ -117,6 +117,7 @@ class ImageClassifierTask:
         self.out = None if out is None else os.fspath(out)
         self.verbose = verbose
         self.notes = dict(notes or {})
+        self.swept_rate: float | None = None  # Set by fit() with "sweep".
         self.report: dict[str, Any] | None = None
         self.run = TransferRun(
             self._model(),
@@ -257,26 +258,16 @@ class ImageClassifierTask:
             ),
             "class_weight": self.class_weight or "none",
             "recipe": self.recipe.to_dict(),
-            "learning_rate": getattr(self, "swept_rate", self.recipe.learning_rate),
+            "learning_rate": self.swept_rate or self.recipe.learning_rate,
             "optimizer": "Adam",
             "head": "GlobalAveragePooling2D, Dropout, Dense(softmax)",
             **self.notes,
         }
 
     def _print_summary(self) -> None:
-        report = self.report
-        print()
-        for phase in report["phases"]:
-            print(format_phase(phase), end="\n\n")
-        print(f"Total: {report['total_seconds']:.1f} s")
-        lines = format_top_losses(report)
-        if lines:
-            print("\n" + "\n".join(lines))
+        print("\n" + format_summary(self.report))
         if self.out:
             print(f"Report: {os.path.join(self.out, 'report.md')}")
-            line = figures_line(report)
-            if line:
-                print(line)
         sys.stdout.flush()
 
     def predict(self, paths, **options: Any) -> FilePredictions:
