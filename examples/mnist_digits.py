@@ -22,6 +22,10 @@ With `--out DIR` the run is kept in DIR: a checkpoint after every epoch, and
 at the end `report.json`, `report.md` and PNG figures. Running the same
 command again after a crash, a kill or Ctrl-C resumes where it stopped.
 
+`--forgetting` also evaluates the old digits 0-4 after every fine-tuning
+epoch: the head keeps its 5 outputs, so the report's "on digits 0-4" row and
+line show what the transfer costs on the old task (docs/forgetting.md).
+
 `--strategy mirrored` trains on every GPU of the machine (or, with
 `--cpu-devices N`, on N logical devices of the CPU, to try it without a GPU);
 `--strategy multi-worker` trains on several machines, one process each, every
@@ -178,6 +182,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "of once (the cache is exact, and on by default)",
     )
     parser.add_argument(
+        "--forgetting",
+        action="store_true",
+        help="also evaluate the old digits 0-4 after every fine-tuning epoch "
+        "(docs/forgetting.md); the whole model's forward pass over their test "
+        "digits, each epoch",
+    )
+    parser.add_argument(
         "--strategy",
         choices=STRATEGIES,
         default="none",
@@ -269,6 +280,7 @@ def report_settings(args, run, strategy, resumed: bool, sample: bool) -> dict:
         "steps_per_execution": args.steps_per_execution,
         "lean_step": args.fast,
         "strategy": args.strategy,
+        "forgetting": args.forgetting,
         "replicas": 1 if strategy is None else strategy.num_replicas_in_sync,
     }
 
@@ -325,6 +337,8 @@ def main(argv=None) -> dict:
         freeze=["features"],
         epochs=args.epochs,
         validation_data=high_test,
+        # The old task through the same 5 outputs: what the transfer costs.
+        also_evaluate={"digits 0-4": low_test} if args.forgetting else None,
     )
 
     mistakes = top_losses(

@@ -32,7 +32,21 @@ def pytest_addoption(parser):
     )
 
 
+HEAVY_FIRST = (
+    "test_pretrained_backbone_example.py",
+    "test_multi_worker.py",
+    "test_mnist_digits_example.py",
+    "test_image_task.py",
+    "test_hub_models.py",
+    "test_freeze_search.py",
+)
+"""Modules whose tests take the longest, handed to the workers first: a long
+test started last would leave the other worker idle at the end."""
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: place for place, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
     if config.getoption("--run-slow"):
         return
     skip = pytest.mark.skip(

@@ -118,11 +118,9 @@ def uninterrupted(tmp_path_factory):
 
 
 KILLS = [
-    ("default", 0, 0, None),  # A boundary inside phase 1.
     ("default", 0, 1, None),  # The end of phase 1.
     ("default", 0, 1, 2),  # Mid-epoch.
-    ("default", 1, 0, None),
-    ("default", 1, 1, 3),
+    ("default", 1, 0, None),  # A boundary inside phase 2.
     ("default", 1, 2, 1),  # Mid-way through the last epoch.
     ("cache_views", 0, 0, None),
     ("cache_views", 0, 1, 2),

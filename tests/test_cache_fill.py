@@ -197,3 +197,40 @@ def test_views_of_a_dataset_of_unknown_length_are_joined_in_order():
     np.testing.assert_array_equal(cache.features["train"].numpy(), np.tile(x, (2, 1)))
     np.testing.assert_array_equal(cache.labels["train"], np.arange(10))
     cache.close()
+
+
+def test_without_measuring_every_block_takes_the_default():
+    sizer = BlockSizer(100_000, activation_bytes=1_000, measure=False)
+    used = run_sizer(sizer, 100_000, {64: 3.0, 128: 9.0, 256: 1.0}.get)
+    assert sizer.chosen == blocks.DEFAULT
+    assert set(used) == {blocks.DEFAULT}
+
+
+def test_fixed_blocks_give_the_rows_of_a_forward_pass_in_those_blocks():
+    # A matrix product's rows may differ in their last bit with the rows it
+    # multiplies: fixed blocks give the same bits as that pass, every time.
+    keras.utils.set_random_seed(0)
+    dense = keras.Sequential([keras.Input((300,)), layers.Dense(64)])
+    x = np.random.default_rng(0).random((12_000, 300), dtype=np.float32)
+    cache = FeatureCache(
+        dense.layers, {"train": x}, memory_limit=2**30, measure_blocks=False
+    )
+    size = blocks.DEFAULT
+    expected = np.concatenate(
+        [dense(x[i : i + size]).numpy() for i in range(0, len(x), size)]
+    )
+    assert cache.block_size == size
+    np.testing.assert_array_equal(cache.features["train"].numpy(), expected)
+
+
+def test_a_seeded_run_fills_in_fixed_blocks():
+    from transferkit import LayerGroup, TransferRun
+
+    def run(seed):
+        model = LayerGroup("a", [layers.Dense(2)], input_shape=(3,)) + LayerGroup(
+            "b", [layers.Dense(2)]
+        )
+        return TransferRun(model, optimizer="adam", loss="mse", seed=seed)
+
+    assert run(0)._runner.training_options.measure_blocks is False
+    assert run(None)._runner.training_options.measure_blocks is True

@@ -169,7 +169,7 @@ def test_the_command_s_finished_check_sees_a_changed_folder(folders, tmp_path):
     args = argparse.Namespace(
         train_dir=str(paths["train"]), test=None, backbone="MobileNetV2",
         weights="imagenet", validation_split=None, image_size=None, alpha=None,
-        epochs=1, fine_tune_epochs=0, batch_size=16, seed=0,
+        epochs=1, fine_tune_epochs=0, batch_size=16, seed=0, search_freeze=False,
     )  # fmt: skip
     before = _command_settings(args)
     assert _command_settings(args) == before
@@ -255,10 +255,20 @@ def test_the_command_trains_exports_and_then_says_it_is_finished(
         "tf_saved_model",
         "--verbose",
         "0",
+        "--search-freeze",
     ]
     assert main(arguments) == 0
     report = transferkit.load_report(out)
     assert [p["name"] for p in report["phases"]] == ["head", "top"]
+    # The search tried the top 0, 1 and 2 stages; "top" froze what it chose.
+    (search,) = report["freeze_searches"]
+    assert [row["frozen"] for row in search["rows"]] == [
+        ["stage_1", "stage_2"],
+        ["stage_1"],
+        [],
+    ]
+    assert report["phases"][-1]["frozen_groups"] == search["best"]
+    assert report["settings"]["validation"].startswith("20% of ")
     assert report["settings"]["library"] == "keras-hub"
     assert report["phases"][-1]["test_accuracy"] is not None
     assert (artifact / "labels.txt").read_text().split() == list(CLASSES)
@@ -274,6 +284,24 @@ def test_the_command_trains_exports_and_then_says_it_is_finished(
     )
     assert "on the test folder); nothing trained." in printed[0]
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == checkpoint
+
+    # The task on the same folder restores "top" with the stages the folder
+    # recorded, without searching again.
+    task = ImageClassifierTask(
+        folders["train"],
+        out=out,
+        test=folders["test"],
+        backbone=str(preset),
+        fine_tune_stages="search",
+        **{k: v for k, v in QUICK.items() if k != "image_size"},
+    ).fit()
+    task.close()
+    assert task.freeze_search is None
+    frozen = set(search["best"])
+    assert task.trained_stages == tuple(
+        s for s in ("stage_1", "stage_2") if s not in frozen
+    )
+    assert task.report["freeze_searches"] == report["freeze_searches"]
 
 
 def test_the_command_checks_its_export_path_before_training(folders, tmp_path, capsys):

@@ -41,11 +41,14 @@ _EXPORTS = {
     "TransferRun": "transferkit.run.transfer_run",
     "attach_groups": "transferkit.groups.model_groups",
     "clone_model": "transferkit.groups.copying",
+    "compare_groups": "transferkit.groups.comparing",
     "copy_groups": "transferkit.groups.copying",
     "export": "transferkit.serving.exporting",
+    "grow_head": "transferkit.groups.grow_head",
     "load_report": "transferkit.records.report",
     "load_trained_model": "transferkit.run_folder.loading",
     "predict_files": "transferkit.serving.predictions",
+    "reinitialize_groups": "transferkit.groups.reinitializing",
     "saved_phases": "transferkit.run_folder.state",
     "split_classes": "transferkit.data.class_subset",
     "train_image_classifier": "transferkit.tasks.image_classifier",
@@ -63,11 +66,14 @@ __all__ = [
     "TransferRun",
     "attach_groups",
     "clone_model",
+    "compare_groups",
     "copy_groups",
     "export",
+    "grow_head",
     "load_report",
     "load_trained_model",
     "predict_files",
+    "reinitialize_groups",
     "saved_phases",
     "split_classes",
     "train_image_classifier",
@@ -90,9 +96,12 @@ if not _started_as_command():
 
 if TYPE_CHECKING:
     from transferkit.data.class_subset import ClassSubset, split_classes
+    from transferkit.groups.comparing import compare_groups
     from transferkit.groups.copying import clone_model, copy_groups
+    from transferkit.groups.grow_head import grow_head
     from transferkit.groups.layer_group import GroupedSequential, LayerGroup
     from transferkit.groups.model_groups import attach_groups
+    from transferkit.groups.reinitializing import reinitialize_groups
     from transferkit.layers.preprocessing import ImagenetPreprocessing
     from transferkit.phases.speed import Speed
     from transferkit.records.phase_result import PhaseResult

@@ -67,6 +67,9 @@ class FeatureCache:
         views: augmented views of the training input. Defaults to `1`.
         augmenting: leading layers that run in training mode for those
             views. Defaults to `0`.
+        measure_blocks: measure the fastest block size on the data
+            (`BlockSizer`); `False` takes fixed blocks, so that the features
+            are the same bits every time. Defaults to `True`.
     """
 
     def __init__(
@@ -79,9 +82,11 @@ class FeatureCache:
         disk: bool = True,
         views: int = 1,
         augmenting: int = 0,
+        measure_blocks: bool = True,
     ):
         began = time.perf_counter()
         self._layers = list(layers)
+        self.measure_blocks = measure_blocks
         self.block_size: int | None = None
         """Samples per forward pass over an array, as measured (or taken)."""
         # A dataset's first batch is read here once, for the probe and the
@@ -193,7 +198,9 @@ class FeatureCache:
         its labels going to `labels[name]`."""
         if not isinstance(x, tf.data.Dataset):
             activation = largest_activation(self._layers, x.shape[1:])
-            sizer = BlockSizer(len(x), activation * probe.dtype.size)
+            sizer = BlockSizer(
+                len(x), activation * probe.dtype.size, self.measure_blocks
+            )
             start = 0
             while start < len(x):
                 size = sizer.next_size()

@@ -77,6 +77,18 @@ def add_train(commands) -> None:
         help="width multiplier of a MobileNet backbone, e.g. 0.35 (default: 1.0)",
     )
     _add_recipe_options(command)
+    _add_output_options(command)
+
+
+def _add_output_options(command) -> None:
+    command.add_argument(
+        "--search-freeze",
+        action="store_true",
+        help="choose how many top stages of the backbone the top stage trains "
+        "(0 to 3) by a search over what to freeze, on the validation data "
+        "(with --test alone, 20%% of TRAIN_DIR is held out for it); the search "
+        "is in the report",
+    )
     command.add_argument(
         "--export",
         metavar="PATH",
@@ -143,6 +155,7 @@ def _command_settings(args) -> dict[str, Any]:
         "fine_tune_epochs": args.fine_tune_epochs,
         "batch_size": args.batch_size,
         "seed": args.seed,
+        "search_freeze": args.search_freeze,
     }
 
 
@@ -221,6 +234,7 @@ def train(args) -> int:
         fine_tune_epochs=args.fine_tune_epochs,
         batch_size=args.batch_size,
         seed=args.seed,
+        fine_tune_stages="search" if args.search_freeze else 1,
     )
     try:
         task.fit()

@@ -30,7 +30,9 @@ class PhaseCallbacks(keras.callbacks.CallbackList):
     Batch numbers are clipped to the epoch's `steps` (and the validation's
     `validation_steps`): with several steps per execution, `fit` numbers a
     call's batches as if every call were full. A `stop_training` that a
-    callback sets on `model` is passed on to `trainer`.
+    callback sets on `model` is passed on to `trainer`. At each epoch's end,
+    `also_evaluate` adds its sets' metrics to the logs before any callback
+    sees them (the progress bar, `History` and the run's recorder included).
 
     Args:
         callbacks: the callbacks, in order.
@@ -40,6 +42,9 @@ class PhaseCallbacks(keras.callbacks.CallbackList):
         epochs: the phase's last epoch.
         steps: batches per epoch; `None` when unknown.
         validation_steps: batches per validation; `None` when unknown.
+        also_evaluate: called with an epoch's logs, returns the logs to add
+            (`transferkit.engine.also_evaluate.AlsoEvaluate`). Defaults to
+            `None`.
     """
 
     def __init__(
@@ -52,6 +57,7 @@ class PhaseCallbacks(keras.callbacks.CallbackList):
         epochs: int,
         steps: int | None,
         validation_steps: int | None = None,
+        also_evaluate: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
     ):
         super().__init__(
             list(callbacks),
@@ -65,6 +71,7 @@ class PhaseCallbacks(keras.callbacks.CallbackList):
         self._trainer = trainer
         self._steps = steps
         self._validation_steps = validation_steps
+        self._also_evaluate = also_evaluate
         if trainer is not model:
             trainer.history = model.history  # `fit` returns it.
 
@@ -87,6 +94,9 @@ class PhaseCallbacks(keras.callbacks.CallbackList):
         super().on_test_batch_end(_clip(batch, self._validation_steps), logs)
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._also_evaluate is not None:
+            logs = {} if logs is None else logs
+            logs.update(self._also_evaluate(logs))  # In place: one dict for all.
         super().on_epoch_end(epoch, logs)
         self._pass_stop()
 

@@ -27,6 +27,7 @@ from transferkit.cache.kept import KeptCache
 from transferkit.cache.plan import CachePlan, has_own_fit, plan_phase_cache
 from transferkit.data.prepare import PhaseData
 from transferkit.data.several_inputs import map_inputs
+from transferkit.engine.also_evaluate import AlsoEvaluate
 from transferkit.engine.callbacks import (
     EpochHook,
     EpochRecorder,
@@ -101,6 +102,10 @@ class TrainingOptions:
     """Augmented views per sample the cache may hold, with augmentation
     layers in front of the frozen groups; 1: none."""
 
+    measure_blocks: bool = True
+    """Measure the cache fill's fastest block size; `False` (a seeded run)
+    fills in fixed blocks, the same bits every time."""
+
     distribution: Distribution = dataclasses.field(
         default_factory=lambda: Distribution(None)
     )
@@ -153,6 +158,7 @@ def train_phase(
     phase: str = "",
     on_cache: Callable[[float], None] = lambda seconds: None,
     kept: KeptCache | None = None,
+    also_evaluate: AlsoEvaluate | None = None,
 ) -> Training:
     """Trains `model`, compiled with `compile_args`, from `initial_epoch` to
     `epochs`.
@@ -174,6 +180,8 @@ def train_phase(
         on_cache: called with the cache's seconds, once it is built.
         kept: a learning-rate sweep's cache, used if it holds this phase's
             features (`transferkit.cache.kept`), else freed.
+        also_evaluate: data sets `model` itself is evaluated on at each
+            epoch's end, their metrics added to the epoch's logs.
 
     Raises:
         NonFiniteError: from the epoch guard, at a non-finite loss or weight.
@@ -195,16 +203,10 @@ def train_phase(
         trainer = trainer_model(model, layers, cache, options, compile_args)
         recorder = EpochRecorder(on_epoch_end)
         loop, *why = _loop(trainer, train, validation, cache, callbacks, options, given)
-        steps = _epoch_steps(loop, train, validation)
-        # The guard sees each epoch before the recorder saves it.
-        phase_callbacks = PhaseCallbacks(
-            [EpochGuard(phase, model, steps["steps"]), recorder, *callbacks],
-            model=model,
-            trainer=trainer,
-            verbose=verbose,
-            epochs=epochs,
-            **steps,
-        )
+        phase_callbacks = _phase_callbacks(
+            model, trainer, recorder, callbacks, verbose, epochs, phase,
+            steps=_epoch_steps(loop, train, validation), also_evaluate=also_evaluate,
+        )  # fmt: skip
         with StopAfterEpoch(recorder):
             epochs_from = {"initial_epoch": initial_epoch, "epochs": epochs}
             if loop is not None:
@@ -217,6 +219,25 @@ def train_phase(
             cache.close()
     lean = _lean(trainer.layers, fused, compile_args["optimizer"])
     return _summary(plan, cache, lean, recorder.interrupted, why)
+
+
+def _phase_callbacks(
+    model, trainer, recorder, callbacks, verbose, epochs, phase, *, steps,
+    also_evaluate,
+) -> PhaseCallbacks:  # fmt: skip
+    """The phase's callbacks, bound to the user's `model` while `trainer`
+    trains: the epoch guard, the recorder, the user's; `steps` are batches
+    per epoch and per validation (`_epoch_steps`)."""
+    # The guard sees each epoch before the recorder saves it.
+    return PhaseCallbacks(
+        [EpochGuard(phase, model, steps["steps"]), recorder, *callbacks],
+        model=model,
+        trainer=trainer,
+        verbose=verbose,
+        epochs=epochs,
+        also_evaluate=also_evaluate,
+        **steps,
+    )
 
 
 def _phase_cache(model, plan, kept, train, validation, options, verbose):
@@ -447,6 +468,7 @@ def build_phase_cache(
             disk=not options.distribution.multi_worker,
             views=plan.views,
             augmenting=plan.augmenting,
+            measure_blocks=options.measure_blocks,
         )
     except CacheTooLarge as error:
         return None, CachePlan(

@@ -15,6 +15,7 @@ import re
 __all__ = [
     "CACHE_FILE",
     "CHECKPOINT_NAME",
+    "FREEZE_SEARCH_FILE",
     "REPORT_FILE",
     "STATE_FILE",
     "cache_file_name",
@@ -22,6 +23,9 @@ __all__ = [
 
 STATE_FILE = "run.json"
 """The run's state: its plan, each phase's progress and result."""
+
+FREEZE_SEARCH_FILE = "freeze_search.json"
+"""The run's freeze searches (`TransferRun.search_freeze`), for its report."""
 
 REPORT_FILE = "report.json"
 """A report written beside the run (`transferkit.records.write_report`)."""

@@ -7,12 +7,13 @@ Keras nor TensorFlow, so reading a report does not need them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from transferkit.utils.io import json_number, strict_json
 
-__all__ = ["PhaseResult"]
+__all__ = ["PhaseResult", "evaluated_key", "evaluated_metrics"]
 
 # PhaseResult fields held as tuples, stored as JSON lists.
 _TUPLE_FIELDS = ("frozen_groups", "changed_variables", "classes", "class_names")
@@ -134,6 +135,15 @@ class PhaseResult:
     frozen inside a trained group), proven unchanged with the frozen
     groups' in `frozen_unchanged`."""
 
+    also_evaluated: dict[str, dict[str, float]] = dataclasses.field(
+        default_factory=dict
+    )
+    """Final metrics of each data set the phase also evaluated
+    (`also_evaluate=`), by the name it was given, e.g. `{"digits 0-4":
+    {"loss": 2.9, "accuracy": 0.31}}`; per epoch in `history` under
+    `evaluated_key(name)` and the metric (`"digits_0_4_accuracy"`). Empty
+    when none was, and in results saved before it was recorded."""
+
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> PhaseResult:
         """The inverse of `to_dict`.
@@ -153,6 +163,12 @@ class PhaseResult:
                     else json_number(values)
                     for name, values in record[key].items()
                 }
+        evaluated = record.get("also_evaluated")
+        if isinstance(evaluated, Mapping):
+            record["also_evaluated"] = {
+                name: {metric: json_number(v) for metric, v in values.items()}
+                for name, values in evaluated.items()
+            }
         return cls(**record)
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,3 +179,34 @@ class PhaseResult:
             if record[key] is not None:
                 record[key] = list(record[key])
         return strict_json(record)
+
+
+def evaluated_key(name: str) -> str:
+    """The prefix of the history keys of a data set a phase also evaluated
+    under `name` (`also_evaluate=`): each run of characters other than ASCII
+    letters, digits and `_` becomes one `_`, with none at either end, so
+    that the keys read as Keras' own (`"loss"`, `"val_accuracy"`) and stay
+    plain names in a CSV or TensorBoard.
+
+    >>> evaluated_key("digits 0-4")
+    'digits_0_4'
+    """
+    return re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_")
+
+
+def evaluated_metrics(
+    history: Mapping[str, Sequence[float]], names: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """The last epoch's metrics of each data set named in `names`, read from
+    a phase's `history` (`PhaseResult.also_evaluated`), e.g. `{"digits 0-4":
+    {"loss": 2.9, "accuracy": 0.31}}`. The names' keys must not be prefixes
+    of one another (`transferkit.engine.also_evaluate` checks that)."""
+    found = {}
+    for name in names:
+        prefix = evaluated_key(name) + "_"
+        found[name] = {
+            key[len(prefix) :]: values[-1]
+            for key, values in history.items()
+            if key.startswith(prefix) and values
+        }
+    return found

@@ -14,10 +14,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.textpath import text_to_path  # noqa: E402
 
+from transferkit.records.phase_result import evaluated_key  # noqa: E402
 from transferkit.utils.io import atomic_output  # noqa: E402
 
 __all__ = [
     "plot_confusion_matrix",
+    "plot_freeze_search",
     "plot_learning_curves",
     "plot_learning_rate_sweep",
     "plot_top_losses",
@@ -34,7 +36,8 @@ def write_figures(
 
     Returns:
         Figure title -> file name: `learning_curves` always,
-        `confusion_matrix` when the report has one, `top_losses` when it
+        `confusion_matrix` when the report has one, `freeze_search` (the
+        last one) when it has freeze searches, `top_losses` when it
         has them and `images["top_losses"]` holds their samples.
     """
     written = {}
@@ -43,6 +46,9 @@ def write_figures(
     if report.get("confusion_matrix"):
         figure = plot_confusion_matrix(report["confusion_matrix"])
         written["confusion_matrix"] = _save(figure, directory / "confusion_matrix.png")
+    if report.get("freeze_searches"):
+        figure = plot_freeze_search(report["freeze_searches"][-1])
+        written["freeze_search"] = _save(figure, directory / "freeze_search.png")
     samples = (images or {}).get("top_losses")
     if report.get("top_losses") and samples is not None:
         figure = plot_top_losses(report["top_losses"], samples)
@@ -52,28 +58,36 @@ def write_figures(
 
 def plot_learning_curves(report: Mapping[str, Any]):
     """Loss and accuracy per epoch, train and validation, across all phases
-    on one epoch axis and one scale, each phase's start marked and named."""
+    on one epoch axis and one scale, each phase's start marked and named;
+    each set a phase also evaluated (`also_evaluate=`) is a dotted line of
+    its own, labelled with its name, one colour per name in every phase."""
     phases = report["phases"]
     figure, axes = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True)
-    start = 0
+    start, labelled = 0, set()
+    colors = _evaluated_colors(phases)
     for number, phase in enumerate(phases):
         history = phase["history"]
         epochs = max((len(v) for v in history.values()), default=0)
         for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
-            for key, label, style, color in (
+            lines = [
                 (metric, "train", "-o", "C0"),
                 (f"val_{metric}", "validation", "--s", "C1"),
-            ):
+            ] + [
+                (f"{evaluated_key(name)}_{metric}", name, ":^", colors[name])
+                for name in phase.get("also_evaluated") or {}
+            ]
+            for key, label, style, color in lines:
                 values = history.get(key)
                 if values:
                     axis.plot(
                         range(start + 1, start + len(values) + 1),
-                        values,
+                        [_plotted(value) for value in values],
                         style,
                         color=color,
-                        label=label if number == 0 else None,
+                        label=None if (axis, label) in labelled else label,
                         markersize=4,
                     )
+                    labelled.add((axis, label))
             if number:
                 axis.axvline(start + 0.5, color="grey", linewidth=0.8)
         note = axes[0].annotate(
@@ -95,6 +109,22 @@ def plot_learning_curves(report: Mapping[str, Any]):
     figure.suptitle(f"Learning curves: {report['dataset']}", fontsize=10)
     figure.tight_layout()
     return figure
+
+
+def _evaluated_colors(phases) -> dict[str, str]:
+    """A colour for each name of an evaluated set, in the order they first
+    appear; train and validation have the first two."""
+    names = dict.fromkeys(
+        name for phase in phases for name in phase.get("also_evaluated") or {}
+    )
+    return {name: f"C{index + 2}" for index, name in enumerate(names)}
+
+
+def _plotted(value) -> float:
+    """A history value as a number: strict JSON holds NaN as `"nan"` (an
+    epoch a set was not evaluated in, which the line skips) and infinity as
+    `"inf"`, which `float` reads; matplotlib would plot text as categories."""
+    return float(value)
 
 
 def _frozen_words(groups) -> str:
@@ -211,6 +241,40 @@ def plot_learning_rate_sweep(sweep):
     axis.set_title(f"Learning-rate sweep of {', '.join(sweep.trained)}", fontsize=10)
     axis.grid(alpha=0.3)
     axis.legend(loc="lower left")
+    figure.tight_layout()
+    return figure
+
+
+def plot_freeze_search(search: Mapping[str, Any]):
+    """A freeze search (`FreezeSearch.to_dict()`): the validation metric
+    against the number of frozen groups with weights, the best starred, and
+    each candidate's seconds as a bar on a second axis."""
+    metric, epochs = search["metric"], search["epochs"]
+    rows = sorted(search["rows"], key=lambda row: row["depth"])
+    places = list(range(len(rows)))
+    values = [row["metrics"].get(metric) for row in rows]
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    times = axis.twinx()
+    times.bar(places, [row["seconds"] for row in rows], color="C7", alpha=0.3)
+    times.set_ylabel("seconds", color="C7")
+    axis.set_zorder(times.get_zorder() + 1)
+    axis.patch.set_visible(False)
+    axis.plot(places, values, "o-", color="C0")
+    best = [i for i, row in enumerate(rows) if row["frozen"] == search["best"]]
+    axis.plot(best, [values[i] for i in best], "*", color="C3", ms=14)
+    labels = [
+        f"{row['depth']}\n{row['frozen'][-1] if row['frozen'] else 'nothing'}"
+        for row in rows
+    ]
+    axis.set_xticks(places, labels, fontsize=8)
+    axis.set_xlabel("groups frozen (the last one named)")
+    axis.set_ylabel(f"validation {metric}")
+    axis.set_title(
+        f"What to freeze: {epochs} epoch{'s' * (epochs != 1)} per candidate, "
+        "best starred",
+        fontsize=10,
+    )
+    axis.grid(alpha=0.3)
     figure.tight_layout()
     return figure
 

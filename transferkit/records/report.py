@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transferkit.errors import ReportError
+from transferkit.records.freeze_search import FreezeSearch
 from transferkit.records.layout import REPORT_FILE, STATE_FILE
 from transferkit.utils.io import atomic_write, dumps, ensure_writable, json_number
 from transferkit.version import __version__
@@ -25,6 +26,7 @@ __all__ = [
     "format_markdown",
     "format_phase",
     "format_summary",
+    "format_freeze_searches",
     "format_top_losses",
     "load_report",
     "write_report",
@@ -64,7 +66,9 @@ def build_report(
         phase holds every `PhaseResult` field (per-epoch `history` included)
         plus `test_loss`, `test_accuracy` (from its validation data, `None`
         without), `samples_per_second` and `class_mapping` (label ->
-        original class id).
+        original class id); its `also_evaluated`, the final metrics of the
+        sets the phase also evaluated (`also_evaluate=`), makes the table's
+        rows `on <name>`.
     """
     phases = []
     for result in results:
@@ -114,6 +118,11 @@ def phase_rows(phase: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("train accuracy", _float(_last(history.get("accuracy")), "{:.2%}")),
         ("test loss", _float(phase["test_loss"], "{:.4f}")),
         ("test accuracy", _float(phase["test_accuracy"], "{:.2%}")),
+        # The sets the phase also evaluated (none in older reports).
+        *(
+            (f"on {name}", _evaluated(metrics))
+            for name, metrics in (phase.get("also_evaluated") or {}).items()
+        ),
         ("trainable params", _number(phase["trainable_params"])),
         ("frozen params", _number(phase["non_trainable_params"])),
         ("frozen groups", ", ".join(phase["frozen_groups"]) or "none"),
@@ -154,6 +163,7 @@ def format_summary(report: Mapping[str, Any]) -> str:
     top = format_top_losses(report)
     if top:
         parts.append("\n" + "\n".join(top))
+    parts += format_freeze_searches(report)
     line = figures_line(report)
     if line:
         parts.append(line)
@@ -191,6 +201,7 @@ def format_markdown(report: Mapping[str, Any]) -> str:
         else:
             lines += ["", f"![{title.replace('_', ' ')}]({name})"]
     lines += format_top_losses(report, markdown=True)
+    lines += format_freeze_searches(report, markdown=True)
     settings = report.get("settings") or {}
     if settings:
         lines += [
@@ -198,6 +209,23 @@ def format_markdown(report: Mapping[str, Any]) -> str:
             "Settings: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()),
         ]
     return "\n".join(lines) + "\n"
+
+
+def format_freeze_searches(
+    report: Mapping[str, Any], *, markdown: bool = False
+) -> list[str]:
+    """The report's freeze searches (`TransferRun.search_freeze`), each its
+    table under a title: Markdown, or plain text."""
+    lines = []
+    for record in report.get("freeze_searches") or ():
+        search = FreezeSearch.from_dict(record)
+        best = ", ".join(search.best.frozen) or "nothing"
+        title = f"Freeze search: {len(search.rows)} candidates; best: {best} frozen"
+        if markdown:
+            lines += ["", f"## {title}", "", "```", search.table(), "```"]
+        else:
+            lines += ["", title, search.table()]
+    return lines
 
 
 def format_top_losses(
@@ -337,6 +365,15 @@ def _check_complete(report: Mapping[str, Any], path: Path) -> None:
             raise ReportError(
                 f"{str(path)!r}: phase {index} cannot be read ({error}): {edited}."
             ) from None
+
+
+def _evaluated(metrics: Mapping[str, Any]) -> str:
+    """E.g. `"loss 2.9012, accuracy 31.20%"`: a set's final metrics."""
+    patterns = {"loss": "{:.4f}", "accuracy": "{:.2%}"}
+    return ", ".join(
+        f"{name} {_float(value, patterns.get(name, '{:.4g}'))}"
+        for name, value in sorted(metrics.items(), key=lambda item: item[0] != "loss")
+    )
 
 
 def _multipliers(multipliers: Mapping[str, float]) -> str:

@@ -29,6 +29,7 @@ from transferkit.data.prepare import (
     check_same_classes,
     prepare_data,
 )
+from transferkit.engine.also_evaluate import AlsoEvaluate, check_also_evaluate
 from transferkit.engine.distribution import Distribution
 from transferkit.engine.optimizers import (
     OptimizerSpec,
@@ -106,6 +107,7 @@ class PhaseRunner:
             training_loop=speed.training_loop,
             steps_per_execution=speed.steps_per_execution,
             distribution=distribution,
+            measure_blocks=settings.seed is None,  # Seeded: the same bits.
         )
 
     @property
@@ -135,22 +137,26 @@ class PhaseRunner:
         where a retry resumes."""
         with self.distribution.scope():
             started = time.perf_counter()
-            spec, train, validation, optimizer = self._plan(
+            spec, train, validation, optimizer, also = self._plan(
                 request, data, validation_data
             )
             record = self.state.recorded_phase(len(self.results), spec.to_json())
             if record is not None and record.result is not None:
                 return self._replay(record, request.freeze, verbose)
             return self._run(
-                record, spec, request, train, validation, optimizer,
+                record, spec, request, train, (validation, also), optimizer,
                 callbacks, verbose, started,
             )  # fmt: skip
 
     def _plan(
         self, request: PhaseRequest, data: Data, validation_data: Data | None
-    ) -> tuple[PhaseSpec, PhaseData, PhaseData | None, keras.optimizers.Optimizer]:
+    ) -> tuple[
+        PhaseSpec, PhaseData, PhaseData | None, keras.optimizers.Optimizer, AlsoEvaluate
+    ]:
         """Checks `request` and the data; returns the phase's entry in the
-        plan, its data and its fresh optimizer."""
+        plan, its data, its fresh optimizer and the sets it also evaluates
+        (not in the plan: they change no weight, so a resumed phase may
+        evaluate others)."""
         epochs = require_epochs(request.epochs)
         name = self._phase_name(request.kind, request.name)
         multipliers = self.check_multipliers(request.lr_multipliers)
@@ -163,6 +169,14 @@ class PhaseRunner:
             steps = require_count(steps, "steps_per_epoch")
         train, validation = self.prepare_phase_data(
             data, validation_data, steps, request.class_weight
+        )
+        also = AlsoEvaluate(
+            self.model,
+            {
+                label: self.prepare(given, f"also_evaluate[{label!r}]")
+                for label, given in check_also_evaluate(request.also_evaluate).items()
+            },
+            self.distribution,
         )
         optimizer = self.make_optimizer(request.optimizer, multipliers)
         spec = PhaseSpec.of(
@@ -179,14 +193,15 @@ class PhaseRunner:
             augmented_views=views,
             lora=ranks,
         )
-        return spec, train, validation, optimizer
+        return spec, train, validation, optimizer, also
 
     def _run(
-        self, record, spec, request, train, validation, optimizer, callbacks,
+        self, record, spec, request, train, held_out, optimizer, callbacks,
         verbose, started,
     ) -> PhaseResult:  # fmt: skip
         """Freezes, adapts, trains and proves the freeze; saves the phase's
-        start and end. On any error, goes back to the last save."""
+        start and end. On any error, goes back to the last save. `held_out`
+        is `(validation data, AlsoEvaluate)`."""
         frozen = self.freeze_for_phase(request.freeze)
         adaptation = Adaptation()
         self._reseed("start")
@@ -200,12 +215,12 @@ class PhaseRunner:
                 self.earlier_seconds += record.seconds
                 elapsed = _stopwatch(started, earlier=record.seconds)
                 training = self._attempt(
-                    record, spec, train, validation, optimizer, callbacks,
+                    record, spec, train, held_out, optimizer, callbacks,
                     verbose, elapsed,
                 )  # fmt: skip
                 result = self._result(
                     record, spec, train, frozen, training, batch_norm, elapsed(),
-                    held,
+                    held, held_out[1],
                 )  # fmt: skip
             if merge(adaptation):  # Before the save: every phase ends plain.
                 self._compile_merged(request.optimizer, spec.lr_multipliers)
@@ -220,7 +235,7 @@ class PhaseRunner:
         return result
 
     def _attempt(
-        self, record, spec, train, validation, optimizer, callbacks, verbose, elapsed
+        self, record, spec, train, held_out, optimizer, callbacks, verbose, elapsed
     ) -> Training:
         """Compiles, loads the phase's last saved epoch and trains."""
         self._compile(optimizer)
@@ -229,7 +244,7 @@ class PhaseRunner:
         ):
             self._restore(record, optimizer)
             training = self._train(
-                record, spec, train, validation, optimizer, callbacks, verbose,
+                record, spec, train, held_out, optimizer, callbacks, verbose,
                 elapsed,
             )  # fmt: skip
         if training.interrupted:
@@ -437,12 +452,15 @@ class PhaseRunner:
         record: PhaseRecord,
         spec: PhaseSpec,
         train: PhaseData,
-        validation: PhaseData | None,
+        held_out: tuple[PhaseData | None, AlsoEvaluate],
         optimizer: keras.optimizers.Optimizer,
         callbacks: Sequence[keras.callbacks.Callback] | None,
         verbose: str | int | None,
         elapsed: Callable[[], float],
     ) -> Training:
+        """Trains the phase; `held_out` is its validation data and the sets
+        it also evaluates."""
+
         def on_epoch_end(epoch, logs, interrupted):
             self.state.end_epoch(record, epoch, logs, elapsed(), save=interrupted)
 
@@ -456,7 +474,8 @@ class PhaseRunner:
             self.model,
             self.compile_args(optimizer),
             train=train,
-            validation=validation,
+            validation=held_out[0],
+            also_evaluate=held_out[1],
             frozen=record.frozen_groups,
             epochs=record.epochs,
             initial_epoch=record.epochs_done,
@@ -481,6 +500,7 @@ class PhaseRunner:
         batch_norm: str,
         seconds: float,
         held: Mapping[str, keras.Variable],
+        also: AlsoEvaluate,
     ) -> PhaseResult:
         """The phase's result, with the freeze proof."""
         changed = changed_variables(frozen, record.frozen_digest)
@@ -525,6 +545,7 @@ class PhaseRunner:
             batch_norm=batch_norm,
             lora=dict(spec.lora),
             held_variables=len(held),
+            also_evaluated=also.final(history),
         )
 
     def _phase_name(self, kind: str, name: str | None) -> str:

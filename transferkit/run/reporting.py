@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from transferkit.records.freeze_search import FreezeSearch
 from transferkit.records.report import build_report, write_report
 from transferkit.serving.evaluation import evaluation
 
@@ -33,12 +34,14 @@ def write_run_report(
     count: int = 8,
     batch_size: int = 128,
     writes: bool = True,
+    searches: Sequence[FreezeSearch] = (),
 ) -> dict[str, Any]:
     """Builds the run's report and writes it (see `TransferRun.report`).
 
     `started` is this process's start on the run (`time.perf_counter()`);
     the earlier processes' time comes from the phases they ran, as recorded
-    in the run folder (`runner.earlier_seconds`)."""
+    in the run folder (`runner.earlier_seconds`); `searches` are the run's
+    freeze searches, kept in the report as `freeze_searches`."""
     if not runner.results:
         raise ValueError(
             "The run has no finished phase to report on: call run.train(...) "
@@ -59,6 +62,8 @@ def write_run_report(
         confusion=confusion,
         top_losses=top,
     )
+    if searches:
+        report["freeze_searches"] = [search.to_dict() for search in searches]
     report["seconds"] = {
         "this_process": this_process,
         "earlier_processes": runner.earlier_seconds,

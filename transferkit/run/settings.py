@@ -90,6 +90,9 @@ class PhaseRequest:
     augmented_views: int = 1
     """Augmented views per sample the cache may hold; 1: none."""
 
+    also_evaluate: Mapping[str, Any] | None = None
+    """Data sets evaluated after every epoch, by name; not in the plan."""
+
     @classmethod
     def of(cls, kind: str, arguments: Mapping[str, Any]) -> PhaseRequest:
         """The request of a `kind` phase from the arguments of the call that

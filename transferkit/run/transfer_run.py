@@ -27,8 +27,9 @@ from transferkit.errors import CheckpointError
 from transferkit.groups.model_groups import check_model
 from transferkit.layers.precision import apply_precision, resolve_precision
 from transferkit.phases.speed import Speed
+from transferkit.records.freeze_search import FreezeSearch
 from transferkit.records.phase_result import PhaseResult
-from transferkit.run import tools
+from transferkit.run import freeze_search, tools
 from transferkit.run.phase_runner import PhaseRequest, PhaseRunner, RunSettings
 from transferkit.run.reporting import write_run_report
 from transferkit.run_folder.state import RunState
@@ -214,7 +215,9 @@ class TransferRun:
         self._distribution = distribution
         self._state = state
         self._closed = False
+        self._searches: list[FreezeSearch] = []
         self._open_folder(directory)
+        self._searches = freeze_search.load_searches(state.path)
         self._runner = PhaseRunner(model, settings, state, distribution)
 
     def _open_folder(self, directory) -> None:
@@ -357,6 +360,7 @@ class TransferRun:
         class_weight: Mapping[Any, float] | str | None = None,
         lora: Mapping[str, int] | None = None,
         augmented_views: int = 1,
+        also_evaluate: Mapping[str, Data] | None = None,
     ) -> PhaseResult:
         """Runs one phase with the groups frozen as they are now.
 
@@ -407,6 +411,13 @@ class TransferRun:
                 training sample; each epoch trains on one of them (recorded in
                 the plan: not the same computation as fresh draws, see
                 docs/image-folders.md). Defaults to `1`: no views.
+            also_evaluate: data sets, by name, that the whole model is also
+                evaluated on after every epoch (in inference mode), beside
+                `validation_data`, which `metrics` reports: e.g. `{"digits
+                0-4": old}` for what fine-tuning costs on an old task
+                (docs/forgetting.md). In the forms of `validation_data`, labels
+                within the model's outputs; logged as `digits_0_4_loss`, ...,
+                the final values in `also_evaluated`. Defaults to `None`.
 
         Returns:
             The phase's `PhaseResult`, also appended to `results`.
@@ -431,6 +442,7 @@ class TransferRun:
         class_weight: Mapping[Any, float] | str | None = None,
         lora: Mapping[str, int] | None = None,
         augmented_views: int = 1,
+        also_evaluate: Mapping[str, Data] | None = None,
     ) -> PhaseResult:
         """Freezes the named groups, then runs one phase like `train`.
 
@@ -452,6 +464,8 @@ class TransferRun:
             class_weight: as for `train`. Defaults to `None`.
             lora: as for `train`. Defaults to `None`.
             augmented_views: as for `train`. Defaults to `1`.
+            also_evaluate: as for `train`, e.g. the old task's data.
+                Defaults to `None`.
 
         Returns:
             The phase's `PhaseResult`, also appended to `results`.
@@ -487,6 +501,15 @@ class TransferRun:
     def find_learning_rate(self, data: Data, **options: Any) -> LearningRateSweep:
         self._check_open()
         return tools.find_learning_rate(self._runner, data, **options)
+
+    @_delegates(freeze_search.search_freeze)
+    def search_freeze(self, data: Data, **options: Any) -> FreezeSearch:
+        self._check_open()
+        search = freeze_search.search_freeze(self._runner, data, **options)
+        self._searches.append(search)
+        if self._distribution.is_chief:
+            freeze_search.save_searches(self._state.path, self._searches)
+        return search
 
     @_delegates(tools.predict)
     def predict(self, data: Any, **options: Any) -> Predictions | FilePredictions:
@@ -546,6 +569,7 @@ class TransferRun:
             count=count,
             batch_size=batch_size,
             writes=self._distribution.is_chief,
+            searches=self._searches,
         )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -211,9 +212,18 @@ class RunState:
     ) -> None:
         """Records an epoch's logs in `record`, and saves the model and the
         state when `save`, or at every `checkpoint_every` epochs of the phase
-        but its last, which `finish_phase` saves with the phase's result."""
+        but its last, which `finish_phase` saves with the phase's result.
+
+        The history keeps one value per epoch under every key: a key that
+        an epoch does not log (a set a resumed phase no longer evaluates,
+        `also_evaluate=`) gets NaN for it, and a new one NaN for the epochs
+        before it."""
+        before = record.epochs_done
+        for key, values in record.history.items():
+            if key not in logs:
+                values.append(math.nan)
         for key, value in logs.items():
-            record.history.setdefault(key, []).append(float(value))
+            record.history.setdefault(key, [math.nan] * before).append(float(value))
         record.epochs_done = epoch + 1
         record.seconds = seconds
         last = epoch + 1 == record.epochs

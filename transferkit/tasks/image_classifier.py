@@ -34,8 +34,14 @@ from transferkit.run.transfer_run import TransferRun
 from transferkit.run_folder.state import recorded_spec
 from transferkit.serving.exporting import ExportResult, export
 from transferkit.serving.predictions import FilePredictions, predict_files
-from transferkit.tasks.folders import FolderData, check_folders, image_folders
+from transferkit.tasks.folders import (
+    DEFAULT_SPLIT,
+    FolderData,
+    check_folders,
+    image_folders,
+)
 from transferkit.tasks.recipe import ImageRecipe, augmentation_layer
+from transferkit.tasks.stage_search import searched_top
 
 __all__ = ["ImageClassifierTask", "train_image_classifier"]
 
@@ -109,7 +115,7 @@ class ImageClassifierTask:
         self.data: FolderData = image_folders(
             train,
             test=test,
-            validation_split=validation_split,
+            validation_split=_split(validation_split, test, self.recipe),
             image_size=self.backbone.image_size,
             batch_size=self.recipe.batch_size,
             seed=self.recipe.seed,
@@ -118,6 +124,8 @@ class ImageClassifierTask:
         self.verbose = verbose
         self.notes = dict(notes or {})
         self.swept_rate: float | None = None  # Set by fit() with "sweep".
+        self.freeze_search = None  # Set by fit() with fine_tune_stages="search".
+        self.trained_stages: tuple[str, ...] = ()  # Set by fit().
         self.report: dict[str, Any] | None = None
         self.run = TransferRun(
             self._model(),
@@ -182,14 +190,19 @@ class ImageClassifierTask:
            cached features of `augmented_views` views of each image.
         2. "top": the top `fine_tune_stages` stages train with the head, at
            `fine_tune_rate` times its rate, their BatchNormalization in
-           inference mode, for `fine_tune_epochs` (skipped at 0).
+           inference mode, for `fine_tune_epochs` (skipped at 0). With
+           `fine_tune_stages="search"`, the number of stages is the one a
+           freeze search chose on the validation data
+           (`transferkit.tasks.stage_search`; `task.freeze_search`).
 
         Returns:
             The task itself, with `report` set.
         """
         recipe, data, run = self.recipe, self.data, self.run
         stages = self.backbone.stages
-        top = self.backbone.top(recipe.fine_tune_stages)
+        searching = recipe.fine_tune_stages == "search"
+        top = () if searching else self.backbone.top(recipe.fine_tune_stages)
+        self.trained_stages = top if recipe.fine_tune_epochs else ()
         common = dict(
             validation_data=data.validation,
             class_weight=self.class_weight,
@@ -206,7 +219,9 @@ class ImageClassifierTask:
             optimizer=optimizer,
             **common,
         )
-        if recipe.fine_tune_epochs and top:
+        if recipe.fine_tune_epochs and recipe.fine_tune_stages == "search":
+            self.trained_stages = searched_top(self, common, optimizer)
+        elif recipe.fine_tune_epochs and top:
             run.unfreeze(*top)
             run.train(
                 data.train,
@@ -259,6 +274,7 @@ class ImageClassifierTask:
             "class_weight": self.class_weight or "none",
             "recipe": self.recipe.to_dict(),
             "learning_rate": self.swept_rate or self.recipe.learning_rate,
+            "trained_stages": list(self.trained_stages),
             "optimizer": "Adam",
             "head": "GlobalAveragePooling2D, Dropout, Dense(softmax)",
             **self.notes,
@@ -341,6 +357,24 @@ def train_image_classifier(
         if name not in ("train", "overrides")
     }
     return ImageClassifierTask(train, **options, **overrides).fit()
+
+
+def _split(validation_split, test, recipe: ImageRecipe) -> float | None:
+    """The validation split: with a freeze search and a test folder alone,
+    `DEFAULT_SPLIT` of the training folder, so that the search never chooses
+    on the test images."""
+    if recipe.fine_tune_stages != "search" or not recipe.fine_tune_epochs:
+        return validation_split
+    if validation_split == 0:
+        raise ValueError(
+            "fine_tune_stages='search' chooses the stages on validation data; "
+            "with validation_split=0 there is none. Pass a split, e.g. "
+            "validation_split=0.2 (--validation-split 0.2), or a number of "
+            "stages (fine_tune_stages=1)."
+        )
+    if validation_split is None and test is not None:
+        return DEFAULT_SPLIT
+    return validation_split
 
 
 def _adam(rate):

@@ -50,8 +50,10 @@ class ImageRecipe:
     fine_tune_epochs: int = 5
     """Epochs of the "top" stage: the top stages and the head; 0 skips it."""
 
-    fine_tune_stages: int = 1
-    """How many of the backbone's top stages the "top" stage trains."""
+    fine_tune_stages: int | str = 1
+    """How many of the backbone's top stages the "top" stage trains, or
+    `"search"`: the number (0 to 3) a freeze search chooses on the
+    validation data (`transferkit.tasks.stage_search`)."""
 
     learning_rate: float | str = 1e-3
     """Adam's learning rate for the head, or `"sweep"`: the rate the
@@ -149,10 +151,17 @@ def _number(value: Any) -> bool:
 
 
 def _check_counts(recipe: ImageRecipe) -> None:
+    stages = recipe.fine_tune_stages
+    if stages != "search" and (
+        isinstance(stages, bool) or not isinstance(stages, int) or stages < 0
+    ):
+        raise ValueError(
+            "Expected `fine_tune_stages` to be an integer >= 0 or 'search'. "
+            f"Received: fine_tune_stages={stages!r}"
+        )
     for name, least in (
         ("epochs", 1),
         ("fine_tune_epochs", 0),
-        ("fine_tune_stages", 0),
         ("batch_size", 1),
         ("augmented_views", 1),
         ("seed", 0),
