@@ -161,6 +161,54 @@ def test_augmented_views_are_carried_view_by_view(data):
         assert row.result.history == alone.history, row.frozen
 
 
+def test_cuts_inside_a_backbone_are_carried_through_a_bridge():
+    # A functional backbone composed as one layer: the cache ends at a
+    # tensor inside it, and the deeper cut is carried on from the shallower.
+    def model():
+        keras.utils.set_random_seed(4)
+        inputs = keras.Input((6, 6, 2))
+        x = layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")(inputs)
+        x = layers.Add(name="a1")([x, layers.Conv2D(4, 1, name="s1")(x)])
+        x = layers.Conv2D(4, 3, activation="relu", name="c2")(x)
+        x = layers.Add(name="a2")([x, layers.Conv2D(4, 1, name="s2")(x)])
+        x = layers.Conv2D(3, 3, activation="relu", name="c3")(x)
+        backbone = keras.Model(inputs, x, name="backbone")
+        groups = LayerGroup.split(backbone, at=["a1", "a2"], names=["b1", "b2", "b3"])
+        head = LayerGroup(
+            "head", [layers.Flatten(), layers.Dense(3, activation="softmax")]
+        )
+        return groups[0] + groups[1] + groups[2] + head
+
+    x = np.random.default_rng(2).normal(size=(48, 6, 6, 2)).astype("float32")
+    y = np.arange(48) % 3
+    train, validation = (x[:32], y[:32]), (x[32:], y[32:])
+
+    def run():
+        return TransferRun(
+            model(), optimizer="adam", loss="sparse_categorical_crossentropy",
+            batch_size=8, seed=1, verbose=0,
+        )  # fmt: skip
+
+    search = run().search_freeze(train, validation_data=validation, epochs=1)
+    assert [row.frozen for row in search.rows] == [
+        ("b1", "b2", "b3"),
+        ("b1", "b2"),
+        ("b1",),
+        (),
+    ]
+    assert [_origin(row) for row in search.rows][:3] == [
+        "carried on from the cut before",
+        "carried on from the cut before",
+        "computed for the search",
+    ]
+    assert "ends at 'a2' in 'backbone'" in search.rows[1].cache
+    for row in search.rows[:3]:
+        alone = run().fine_tune(
+            train, freeze=list(row.frozen), epochs=1, validation_data=validation
+        )
+        assert row.result.history == alone.history, row.frozen
+
+
 def test_candidates_in_every_form_with_a_group_frozen_now(data):
     run = _run(data)
     run.freeze("g2")
