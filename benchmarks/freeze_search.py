@@ -134,7 +134,7 @@ def main() -> None:
     model = _model(args.case)
     first = _run(model, args)
     first.train(old, epochs=1)  # The weights both start from.
-    start = [np.array(v) for v in model.weights]
+    start = [v.numpy() for v in model.weights]
     flags = [layer.trainable for layer in model._flatten_layers(include_self=False)]
 
     def restore():

@@ -62,7 +62,7 @@ def _origin(row):
 
 
 def _weights(model):
-    return [np.array(v) for v in model.weights]
+    return [keras.ops.convert_to_numpy(v) for v in model.weights]
 
 
 def test_each_candidate_is_the_fine_tune_it_stands_for(data):
@@ -153,7 +153,7 @@ def test_augmented_views_are_carried_view_by_view(data):
         "computed for the search",
     ]
     assert "3 fixed augmented views" in search.rows[0].cache
-    for row in search.rows:
+    for row in search.rows[:1]:  # The carried one.
         alone = run().fine_tune(
             train, freeze=list(row.frozen), epochs=2, validation_data=validation,
             augmented_views=3,
@@ -202,7 +202,7 @@ def test_cuts_inside_a_backbone_are_carried_through_a_bridge():
         "computed for the search",
     ]
     assert "ends at 'a2' in 'backbone'" in search.rows[1].cache
-    for row in search.rows[:3]:
+    for row in search.rows[:2]:  # The carried ones.
         alone = run().fine_tune(
             train, freeze=list(row.frozen), epochs=1, validation_data=validation
         )
