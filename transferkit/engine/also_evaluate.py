@@ -24,7 +24,7 @@ import keras
 
 from transferkit.data.prepare import PhaseData
 from transferkit.engine.distribution import Distribution
-from transferkit.engine.loop import DEFAULT_STEPS_PER_CALL, InMemoryLoop
+from transferkit.engine.loop import InMemoryLoop, shard_evaluation
 from transferkit.records.phase_result import evaluated_key, evaluated_metrics
 
 __all__ = ["AlsoEvaluate", "check_also_evaluate"]
@@ -163,15 +163,9 @@ class AlsoEvaluate:
             return {metric: float(value) for metric, value in logs.items()}
         loop = self._loops.get(name)
         if loop is None:  # Each worker its shard, made and compiled once.
-            held = tuple(distribution.shard(values) for values in data.arrays)
             with distribution.scope():
-                loop = InMemoryLoop(
-                    self.model,
-                    *held[:2],
-                    batch_size=data.batch_size,
-                    steps_per_call=DEFAULT_STEPS_PER_CALL,
-                    validation=held,
-                    distribution=distribution,
+                loop = shard_evaluation(
+                    self.model, data.arrays, data.batch_size, distribution
                 )
             self._loops[name] = loop
         with distribution.scope(), distribution.lost_workers(f"evaluating {name!r}"):

@@ -40,7 +40,7 @@ import tensorflow as tf
 from transferkit.data.several_inputs import first_input, map_inputs
 from transferkit.engine.distribution import Distribution
 
-__all__ = ["DEFAULT_STEPS_PER_CALL", "DatasetLoop", "InMemoryLoop"]
+__all__ = ["DEFAULT_STEPS_PER_CALL", "DatasetLoop", "InMemoryLoop", "shard_evaluation"]
 
 DEFAULT_STEPS_PER_CALL = 32
 """Steps per call when no callback needs to see every batch: Python's share
@@ -328,6 +328,24 @@ class InMemoryLoop(_Loop):
         mine = rows[local * count // replicas : (local + 1) * count // replicas]
         with tf.device(self.distribution.host):
             return _gathered(data, mine)
+
+
+def shard_evaluation(
+    model, arrays: tuple, batch_size: int, distribution
+) -> InMemoryLoop:
+    """A loop that evaluates `model` on this worker's shard of `arrays`
+    (`(x, y)` or `(x, y, sample_weight)`), its metrics those of all workers:
+    how a multi-worker run evaluates (Keras 3's `evaluate` fails there).
+    Make it, and call its `evaluate`, under the strategy's scope."""
+    held = tuple(distribution.shard(values) for values in arrays)
+    return InMemoryLoop(
+        model,
+        *held[:2],
+        batch_size=batch_size,
+        steps_per_call=DEFAULT_STEPS_PER_CALL,
+        validation=held,
+        distribution=distribution,
+    )
 
 
 class DatasetLoop(_Loop):

@@ -22,7 +22,7 @@ from transferkit.data.prepare import Data
 from transferkit.data.several_inputs import prepare_inputs
 from transferkit.engine import inference, lr_finder
 from transferkit.engine.inference import Predictions
-from transferkit.engine.loop import DEFAULT_STEPS_PER_CALL, InMemoryLoop
+from transferkit.engine.loop import shard_evaluation
 from transferkit.engine.optimizers import OptimizerSpec
 from transferkit.groups.model_groups import groups_of
 from transferkit.phases.training import (
@@ -255,14 +255,8 @@ def evaluate(runner: PhaseRunner, data: Data) -> dict[str, Any]:
             "Received: a tf.data.Dataset"
         )
     # Each worker evaluates its shard; the metrics are of all of them.
-    held = tuple(distribution.shard(values) for values in prepared.arrays)
     with distribution.scope(), distribution.lost_workers("evaluating"):
-        loop = InMemoryLoop(
-            runner.model,
-            *held[:2],
-            batch_size=prepared.batch_size,
-            steps_per_call=DEFAULT_STEPS_PER_CALL,
-            validation=held,
-            distribution=distribution,
+        loop = shard_evaluation(
+            runner.model, prepared.arrays, prepared.batch_size, distribution
         )
         return loop.evaluate()
