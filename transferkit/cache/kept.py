@@ -37,30 +37,16 @@ __all__ = ["KeptCache", "data_key", "plan_key"]
 
 @dataclasses.dataclass
 class KeptCache:
-    """A sweep's feature cache, with what it was computed from.
-
-    `origin` says where it came from (in the phase's cache line); a cache a
-    freeze search carried on for its candidate (`transferkit.cache.chain`)
-    says so."""
+    """A sweep's feature cache, with what it was computed from."""
 
     cache: FeatureCache
     plan: tuple
     data: tuple
     weights: str
-    origin: str = "computed by the learning-rate sweep"
 
     @classmethod
-    def of(
-        cls,
-        cache,
-        plan: CachePlan,
-        train,
-        validation,
-        origin: str = "computed by the learning-rate sweep",
-    ) -> KeptCache:
-        return cls(
-            cache, plan_key(plan), data_key(train, validation), _digest(plan), origin
-        )
+    def of(cls, cache, plan: CachePlan, train, validation) -> KeptCache:
+        return cls(cache, plan_key(plan), data_key(train, validation), _digest(plan))
 
     def take(self, plan: CachePlan, train, validation) -> FeatureCache | None:
         """The cache, if it holds the features this phase would compute;
@@ -70,8 +56,8 @@ class KeptCache:
             and data_key(train, validation) == self.data
             and _digest(plan) == self.weights
         ):
-            self.cache.seconds = 0.0  # Spent before the phase, not by it.
-            self.cache.origin = self.origin
+            self.cache.seconds = 0.0  # Spent by the sweep, not the phase.
+            self.cache.origin = "computed by the learning-rate sweep"
             return self.cache
         self.close()
         return None
