@@ -19,6 +19,7 @@ memory peak is the process's resident high-water mark during the fill
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -88,6 +89,21 @@ def predict_seconds(layers, x) -> float:
     return time.perf_counter() - began
 
 
+def activation_elements(layers, sample_shape) -> int:
+    """Elements of every layer's output for one sample (of a model among
+    `layers`, its inner layers'): what one block's forward pass makes."""
+    total, shape = 0, (None, *sample_shape)
+    for layer in layers:
+        if isinstance(layer, keras.Model):
+            for inner in layer._flatten_layers(include_self=False, recursive=True):
+                outputs = tf.nest.flatten(inner.output)
+                total += sum(math.prod(o.shape[1:]) for o in outputs)
+            continue
+        shape = layer.compute_output_shape(shape)
+        total += math.prod(shape[1:])
+    return total
+
+
 def resident(field: str = "VmRSS") -> int:
     """Bytes of the process's resident memory (`VmRSS`) or its high-water
     mark (`VmHWM`), from `/proc/self/status`."""
@@ -97,16 +113,19 @@ def resident(field: str = "VmRSS") -> int:
     return 0
 
 
-def fill(layers, x) -> tuple[float, int, int, int, float]:
+def fill(layers, x, measure=True) -> tuple[float, int, int, int, float]:
     """`(seconds, peak bytes over the start, cache bytes, block size,
-    seconds tracing)` of one fill."""
+    seconds tracing)` of one fill, in measured blocks or (`measure=False`,
+    as a run fills) fixed ones."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass  # The peak is then the process's, and only an upper bound.
     before = resident()
     began = time.perf_counter()
-    cache = FeatureCache(layers, {"train": x}, memory_limit=2**40)
+    cache = FeatureCache(
+        layers, {"train": x}, memory_limit=2**40, measure_blocks=measure
+    )
     seconds = time.perf_counter() - began
     peak = resident("VmHWM") - before
     nbytes, block, tracing = cache.nbytes, cache.block_size, cache.trace_seconds
@@ -138,20 +157,24 @@ def main(argv=None) -> str:
     fill(layers, x[:256])  # Traces the fill's functions apart from the timing.
     # Interleaved, so that the machine's drift touches every figure alike.
     timings = {batch: [] for batch in BATCHES}
-    fills, predicts = [], []
+    fills, fixed, predicts = [], [], []
     for _ in range(args.repeats):
         for batch in BATCHES:
             timings[batch].append(forward_seconds(layers, x, batch))
         fills.append(fill(layers, x))
+        fixed.append(fill(layers, x, measure=False))
         predicts.append(predict_seconds(layers, x))
     forward = {b: statistics.median(t[0] for t in runs) for b, runs in timings.items()}
     predict = statistics.median(predicts)
     seconds = statistics.median(f[0] for f in fills)
     steady = statistics.median(f[0] - f[4] for f in fills)
-    peak, nbytes = max(f[1] for f in fills), fills[0][2]
+    steady_fixed = statistics.median(f[0] - f[4] for f in fixed)
+    peak, nbytes = max(f[1] for f in fills + fixed), fills[0][2]
     best = min(forward, key=forward.get)
     traced = forward[best] + statistics.median(t[1] for t in timings[best])
     activation = largest_activation(layers, x.shape[1:]) * x.itemsize
+    every = activation_elements(layers, x.shape[1:]) * x.itemsize
+    block = max(f[3] for f in fills + fixed)
     lines = [
         cpu_line(),
         f"{name}: {len(x):,} samples; the cache holds {nbytes / 2**20:,.1f} MiB",
@@ -163,15 +186,19 @@ def main(argv=None) -> str:
         f"| the cache's fill (blocks of {', '.join(str(f[3]) for f in fills)}) "
         f"| {seconds:.2f} |",
         f"| the fill after tracing its forward pass | {steady:.2f} |",
+        f"| a run's fill, fixed blocks of {fixed[0][3]}, after tracing "
+        f"| {steady_fixed:.2f} |",
         "",
         f"Fill / best plain forward (batch {best}, traced apart): "
-        f"{steady / forward[best]:.2f}x after its trace (target: at most 1.10x); "
+        f"{steady / forward[best]:.2f}x after its trace, "
+        f"{steady_fixed / forward[best]:.2f}x in fixed blocks "
+        "(target: at most 1.10x); "
         f"with the traces of both, {seconds:.2f} s against {traced:.2f} s: "
         f"{seconds / traced:.2f}x",
         f"Fill's memory peak over its start: {peak / 2**20:,.1f} MiB, for a cache of "
         f"{nbytes / 2**20:,.1f} MiB ({peak / max(nbytes, 1):.2f}x); a block of "
-        f"{max(f[3] for f in fills)} samples' largest activation: "
-        f"{max(f[3] for f in fills) * activation / 2**20:,.1f} MiB (target: the "
+        f"{block} samples' largest activation: {block * activation / 2**20:,.1f} MiB, "
+        f"all its activations: {block * every / 2**20:,.1f} MiB (target: the "
         "cache plus one block)",
     ]
     text = "\n".join(lines)

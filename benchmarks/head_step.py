@@ -120,11 +120,12 @@ def time_step(samples, repeats, *, lean, fused, policy, loop=False, xla=False):
     return min(timings)
 
 
-def time_floor(samples, repeats, policy) -> float:
+def time_floor(samples, repeats, policy, *, backward: bool = True) -> float:
     """Milliseconds per step of the head's arithmetic alone: the first Dense
     layer's forward and weight-gradient matmuls (batch x 4608 by 4608 x 128,
     and its transpose), which hold 99.7% of the head's multiply-adds, run
-    back to back in a compiled loop over the epoch's batches."""
+    back to back in a compiled loop over the epoch's batches; with
+    `backward=False`, the forward matmul alone (a validation step's)."""
     with global_policy(policy) as dtype:
         rng = np.random.default_rng(0)
         steps = -(-samples // BATCH)
@@ -137,7 +138,10 @@ def time_floor(samples, repeats, policy) -> float:
             total = tf.zeros((4608, 128), dtype)
             for _ in tf.range(steps):
                 y = tf.matmul(x, w)
-                total += tf.matmul(x, g + y[:, :1] * 0, transpose_a=True)
+                if backward:
+                    total += tf.matmul(x, g + y[:, :1] * 0, transpose_a=True)
+                else:
+                    total += y[:1, :1]
             return total
 
         epoch()

@@ -1,6 +1,8 @@
 """The machine a benchmark ran on, in one line: CPU model, cores, the
-bfloat16 and AMX flags (which decide whether bfloat16 is fast), and the
-versions of TensorFlow and Keras."""
+bfloat16 and AMX flags (which decide whether bfloat16 is fast), whether
+TensorFlow runs oneDNN's CPU kernels (it turns them on by itself only on
+CPUs with AVX-512 features; `TF_ENABLE_ONEDNN_OPTS=1` turns them on
+elsewhere), and the versions of TensorFlow and Keras."""
 
 from __future__ import annotations
 
@@ -27,5 +29,15 @@ def cpu_line() -> str:
     return (
         f"CPU: {model}, {len(os.sched_getaffinity(0))} cores; flags: "
         f"{', '.join(present) or 'none of ' + ', '.join(FLAGS)}; "
-        f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
+        f"oneDNN {onednn()}; TensorFlow {tf.__version__}, Keras {keras.__version__}"
     )
+
+
+def onednn() -> str:
+    """ "on" or "off": whether this process's TensorFlow runs oneDNN's
+    kernels ("unknown" where TensorFlow does not say)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return "unknown"
+    return "on" if _pywrap_util_port.IsMklEnabled() else "off"

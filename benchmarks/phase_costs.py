@@ -5,7 +5,12 @@ Adadelta(1.0), batch 128, 5 + 5 epochs) as `--fast` does, with a run folder,
 and splits the second phase's seconds: the data check, the cache's forward
 pass, the first epoch's extra (tracing and first run of the loop's
 functions), the other epochs, the checkpoints, the freeze digests, and the
-rest (compiling, building the trainer model).
+rest (compiling, building the trainer model). Then the phase's floor on
+this machine: the best plain forward pass of the frozen layers over the
+digits the cache holds (`cache_fill.py`'s, at the fastest of batches 128,
+256 and 512), the head's arithmetic for every training step and the
+forward matmul of every validation step (`head_step.py`'s floor), and the
+phase against it.
 
     python benchmarks/phase_costs.py --data ../shared/data/mnist-10k.npz
 """
@@ -24,6 +29,10 @@ import numpy as np
 from transferkit import Speed
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import cache_fill  # noqa: E402
+import head_step  # noqa: E402
+from machine import cpu_line  # noqa: E402
 
 
 class Timings(keras.callbacks.Callback):
@@ -47,11 +56,44 @@ def seconds(function, *args, **kwargs) -> float:
     return time.perf_counter() - began
 
 
+def phase_floor(model, result, cached, validation_samples) -> dict[str, float]:
+    """Seconds of the phase's floor, part by part: the frozen layers' best
+    plain forward pass over the `cached` digits (training and validation),
+    and the head's matmuls for the steps the phase ran."""
+    layers = list(model.groups["features"].layers)
+    forward = {
+        batch: cache_fill.forward_seconds(layers, cached, batch)[0]
+        for batch in (128, 256, 512)
+    }
+    best = min(forward, key=forward.get)
+    policy = result.precision
+    train = head_step.time_floor(result.train_samples, 3, policy)
+    validate = head_step.time_floor(result.train_samples, 3, policy, backward=False)
+    epochs = len(result.history["loss"])
+    steps = -(-result.train_samples // 128) * epochs
+    validation_steps = -(-validation_samples // 128) * epochs
+    return {
+        f"the frozen layers' forward pass over {len(cached):,} digits "
+        f"(batch {best})": forward[best],
+        f"{steps:,} training steps' matmuls ({train:.2f} ms each)": steps * train / 1e3,
+        f"{validation_steps:,} validation steps' matmul ({validate:.2f} ms each)": (
+            validation_steps * validate / 1e3
+        ),
+    }
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="a Keras-layout mnist.npz (default: the sample)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--precision", default="auto")
+    parser.add_argument(
+        "--first-phase-samples",
+        type=int,
+        default=None,
+        help="digits 0-4 the first phase trains on (default: all; fewer "
+        "shortens the run, and the second phase costs the same)",
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "examples"))
     import mnist_digits
@@ -81,7 +123,10 @@ def main(argv=None) -> str:
             precision=args.precision,
             speed=Speed(steps_per_execution=32, lean_step=True),
         )
-        run.train(low, epochs=args.epochs, validation_data=low_test)
+        first = slice(args.first_phase_samples)
+        run.train(
+            (low.x[first], low.y[first]), epochs=args.epochs, validation_data=low_test
+        )
         epochs = Timings()
         result = run.fine_tune(
             high,
@@ -121,7 +166,12 @@ def main(argv=None) -> str:
     parts["the rest (compiling, the trainer model)"] = result.seconds - sum(
         parts.values()
     )
+    floors = phase_floor(
+        model, result, np.concatenate([high.x, high_test.x]), len(high_test.x)
+    )
     lines = [
+        cpu_line(),
+        "",
         f"Fine-tuning phase, {result.train_samples:,} digits, {result.precision}, "
         f"{result.training_loop}: {result.seconds:.2f} s",
         "",
@@ -129,6 +179,14 @@ def main(argv=None) -> str:
         "|---|---|",
     ]
     lines += [f"| {name} | {seconds:.2f} |" for name, seconds in parts.items()]
+    floor = sum(floors.values())
+    lines += ["", "| the phase's floor | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds:.2f} |" for name, seconds in floors.items()]
+    lines += [
+        f"| in all | {floor:.2f} |",
+        "",
+        f"The phase: {result.seconds:.2f} s, {result.seconds / floor:.2f}x its floor",
+    ]
     text = "\n".join(lines)
     print(text)
     return text

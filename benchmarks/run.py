@@ -13,6 +13,11 @@ of each variant's (its speed-up).
     python benchmarks/run.py --data ../shared/data/mnist-10k.npz --repeats 3
     python benchmarks/run.py --synthesize 70000 --repeats 1
 
+`--variants plain-onednn,fast-eigen` adds the plain script with oneDNN's
+CPU kernels on (`TF_ENABLE_ONEDNN_OPTS=1`) and `--fast` with them off: on a
+CPU where TensorFlow leaves oneDNN off (one without AVX-512 features),
+`--fast` turns it on, and these tell its share from transferkit's.
+
 `--synthesize N` times an MNIST-sized set of N digits (6/7 train, 1/7 test)
 made by repeating the data's digits with small random shifts: for timing
 only, its accuracies mean little.
@@ -42,18 +47,36 @@ VARIANTS = {
     "transferkit --fast": ("--fast",),
     # What --fast gives where the CPU has no bfloat16 instructions.
     "transferkit --fast --precision float32": ("--fast", "--precision", "float32"),
+    # Where TensorFlow leaves oneDNN off (CPUs without AVX-512), --fast turns
+    # it on; these two tell its share from transferkit's.
+    "plain Keras 3, TF_ENABLE_ONEDNN_OPTS=1": None,
+    "transferkit --fast, TF_ENABLE_ONEDNN_OPTS=0": ("--fast",),
 }
 """Each variant's example options; `None` for the plain script."""
 
+ENVIRONMENTS = {
+    "plain Keras 3, TF_ENABLE_ONEDNN_OPTS=1": {"TF_ENABLE_ONEDNN_OPTS": "1"},
+    "transferkit --fast, TF_ENABLE_ONEDNN_OPTS=0": {"TF_ENABLE_ONEDNN_OPTS": "0"},
+}
+"""What a variant's process finds in its environment beside the caller's."""
+
 VARIANT_KEYS = dict(
-    zip(("plain", "default", "fast", "fast-float32"), VARIANTS, strict=True)
+    zip(
+        ("plain", "default", "fast", "fast-float32", "plain-onednn", "fast-eigen"),
+        VARIANTS,
+        strict=True,
+    )
 )
 """The variants by the names `--variants` takes."""
 
+DEFAULT_VARIANTS = ("plain", "default", "fast", "fast-float32")
+"""The variants run when `--variants` is not given."""
 
-def run_process(command: list[str]) -> tuple[float, float, str]:
-    """Runs `command`; returns wall seconds, its peak RSS in MiB and stdout."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+def run_process(command: list[str], environment=None) -> tuple[float, float, str]:
+    """Runs `command` (with `environment` added to this process's
+    variables); returns wall seconds, its peak RSS in MiB and stdout."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(environment or {})}
     env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(ROOT), env.get("PYTHONPATH")])
     )
@@ -74,21 +97,21 @@ def run_process(command: list[str]) -> tuple[float, float, str]:
     return seconds, usage.ru_maxrss / 1024, stdout
 
 
-def time_plain(data: Path, epochs: int, seed: int) -> dict:
+def time_plain(data: Path, epochs: int, seed: int, environment=None) -> dict:
     command = [sys.executable, str(PLAIN), "--data", str(data)]
     command += ["--epochs", str(epochs), "--seed", str(seed)]
-    seconds, peak, stdout = run_process(command)
+    seconds, peak, stdout = run_process(command, environment)
     phases = json.loads(stdout.strip().splitlines()[-1])["phases"]
     return {"process": seconds, "peak_mib": peak, "phases": phases}
 
 
 def time_transferkit(
-    data: Path, epochs: int, seed: int, folder: Path, options=()
+    data: Path, epochs: int, seed: int, folder: Path, options=(), environment=None
 ) -> dict:
     command = [sys.executable, str(EXAMPLE), "--data", str(data), "--out", str(folder)]
     command += ["--epochs", str(epochs), "--seed", str(seed), "--verbose", "0"]
     command += list(options)
-    seconds, peak, _ = run_process(command)
+    seconds, peak, _ = run_process(command, environment)
     report = json.loads((folder / "report.json").read_text())
     return {"process": seconds, "peak_mib": peak, "phases": report["phases"]}
 
@@ -177,8 +200,12 @@ def main(argv=None) -> str:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--variants",
-        default=",".join(VARIANT_KEYS),
-        help="comma-separated, of " + ", ".join(VARIANT_KEYS) + " (default: all)",
+        default=",".join(DEFAULT_VARIANTS),
+        help="comma-separated, of "
+        + ", ".join(VARIANT_KEYS)
+        + " (default: "
+        + ",".join(DEFAULT_VARIANTS)
+        + "; the first is the baseline)",
     )
     args = parser.parse_args(argv)
     chosen = {}
@@ -200,13 +227,14 @@ def main(argv=None) -> str:
                 )
             results: dict[str, list[dict]] = {name: [] for name in chosen}
             for repeat in range(args.repeats):  # Interleaved: drift hits all.
-                for name, options in chosen.items():
+                for index, (name, options) in enumerate(chosen.items()):
+                    environment = ENVIRONMENTS.get(name)
                     if options is None:
-                        timing = time_plain(data, args.epochs, args.seed)
+                        timing = time_plain(data, args.epochs, args.seed, environment)
                     else:
-                        folder = scratch / f"run{repeat}-{len(options)}"
+                        folder = scratch / f"run{repeat}-{index}"
                         timing = time_transferkit(
-                            data, args.epochs, args.seed, folder, options
+                            data, args.epochs, args.seed, folder, options, environment
                         )
                     results[name].append(timing)
                 print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)

@@ -31,22 +31,44 @@ line show what the transfer costs on the old task (docs/forgetting.md).
 `--strategy multi-worker` trains on several machines, one process each, every
 one started with the same command and its own `TF_CONFIG`
 (see docs/scaling.md).
+
+`--fast` also runs TensorFlow's CPU operations on oneDNN's kernels, which
+TensorFlow turns on by itself only on CPUs with AVX-512 features: on a
+2-core AMD EPYC with AVX2 alone they took a quarter off the first phase's
+steps (docs/performance.md). They are chosen as TensorFlow loads, so the
+example looks for `--fast` before its imports; `TF_ENABLE_ONEDNN_OPTS=0`
+keeps TensorFlow's own choice.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
+import os
 import sys
-import time
 
-import keras
-import numpy as np
-from keras import layers
 
-from transferkit import LayerGroup, Speed, TransferRun, split_classes
-from transferkit.datasets import mnist
-from transferkit.records import (
+def prefer_onednn(argv, environ) -> bool:
+    """With `--fast` in `argv`, sets `TF_ENABLE_ONEDNN_OPTS=1` in `environ`
+    unless it is set already; whether it did."""
+    if "--fast" not in argv or "TF_ENABLE_ONEDNN_OPTS" in environ:
+        return False
+    environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    return True
+
+
+if "tensorflow" not in sys.modules:  # Too late once TensorFlow is loaded.
+    prefer_onednn(sys.argv[1:], os.environ)
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import time  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import layers  # noqa: E402
+
+from transferkit import LayerGroup, Speed, TransferRun, split_classes  # noqa: E402
+from transferkit.datasets import mnist  # noqa: E402
+from transferkit.records import (  # noqa: E402
     build_report,
     ensure_writable,
     figures_line,
@@ -54,8 +76,8 @@ from transferkit.records import (
     format_top_losses,
     write_report,
 )
-from transferkit.run import PRECISIONS, is_chief
-from transferkit.serving import confusion_matrix, top_losses
+from transferkit.run import PRECISIONS, is_chief  # noqa: E402
+from transferkit.serving import confusion_matrix, top_losses  # noqa: E402
 
 FAST_STEPS_PER_EXECUTION = 32
 STRATEGIES = ("none", "mirrored", "multi-worker")
@@ -159,7 +181,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="every speed-up that keeps the accuracy: the lean training step "
         "(Dropout on bit masks, softmax from exp and sums, fused optimizer "
         "updates), --precision auto and "
-        f"--steps-per-execution {FAST_STEPS_PER_EXECUTION}, unless given",
+        f"--steps-per-execution {FAST_STEPS_PER_EXECUTION}, unless given; and "
+        "oneDNN's CPU kernels, unless TF_ENABLE_ONEDNN_OPTS is set",
     )
     parser.add_argument(
         "--precision",
@@ -279,6 +302,8 @@ def report_settings(args, run, strategy, resumed: bool, sample: bool) -> dict:
         "feature_cache": args.feature_cache,
         "steps_per_execution": args.steps_per_execution,
         "lean_step": args.fast,
+        # As this process's TensorFlow loaded (unset: TensorFlow's choice).
+        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "strategy": args.strategy,
         "forgetting": args.forgetting,
         "replicas": 1 if strategy is None else strategy.num_replicas_in_sync,

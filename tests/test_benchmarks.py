@@ -1,5 +1,6 @@
 """The benchmark runs end to end on a tiny input (no timing assertions)."""
 
+import re
 from pathlib import Path
 
 import keras
@@ -141,8 +142,10 @@ def test_the_phase_costs_benchmark_splits_the_fine_tuning_phase(tiny, capsys):
     text = costs.main(["--data", str(tiny), "--epochs", "2", "--precision", "float32"])
 
     assert text in capsys.readouterr().out
-    assert text.startswith("Fine-tuning phase, ") and "transferkit's" in text
-    rows = dict(line.strip("| ").split(" | ") for line in text.splitlines()[4:])
+    cpu, phase, parts, floor, verdict = text.split("\n\n")
+    assert cpu.startswith("CPU: ") and "oneDNN o" in cpu
+    assert phase.startswith("Fine-tuning phase, ") and "transferkit's" in phase
+    rows = dict(line.strip("| ").split(" | ") for line in parts.splitlines()[2:])
     assert list(rows) == [
         "checking the data",
         "the cache's forward pass",
@@ -153,6 +156,25 @@ def test_the_phase_costs_benchmark_splits_the_fine_tuning_phase(tiny, capsys):
         "the rest (compiling, the trainer model)",
     ]
     assert float(rows["the cache's forward pass"]) > 0
+    floors = dict(line.strip("| ").split(" | ") for line in floor.splitlines()[2:])
+    assert [name.split(" ")[1] for name in floors] == [
+        "frozen",
+        "training",
+        "validation",
+        "all",
+    ]
+    assert float(floors["in all"]) == pytest.approx(
+        sum(map(float, list(floors.values())[:3])), abs=0.02
+    )
+    seconds = float(phase.split(": ")[-1].removesuffix(" s"))
+    said_seconds, said_ratio = re.fullmatch(
+        r"The phase: (\S+) s, (\S+)x its floor", verdict
+    ).groups()
+    assert float(said_seconds) == seconds
+    # Both figures as printed, rounded to hundredths: the ratio within that.
+    assert float(said_ratio) == pytest.approx(
+        seconds / float(floors["in all"]), rel=0.1
+    )
 
 
 @pytest.mark.slow  # 35-45 s of processes: opt in with --run-slow.
@@ -192,3 +214,18 @@ def test_the_augmented_views_benchmark_prints_accuracy_and_speed_up(capsys):
     assert [row[0] for row in rows] == ["Keras guide", "transferkit, 2 views"]
     assert all(0 <= float(row[4].split("%")[0]) <= 100 for row in rows)
     assert rows[1][6].endswith("MiB in memory, 2 fixed augmented views")
+
+
+@pytest.mark.slow  # Three short runs, about 10 s: opt in with --run-slow.
+def test_the_first_phase_benchmark_times_fit_the_loop_and_the_lean_step(tiny, capsys):
+    first = load_script(Path(__file__).parents[1] / "benchmarks" / "first_phase.py")
+
+    text = first.main(
+        ["--data", str(tiny), "--samples", "256", "--epochs", "2", "--rounds", "1"]
+    )
+
+    assert text in capsys.readouterr().out
+    rows = [line.strip("| ").split(" | ") for line in text.splitlines()[-3:]]
+    assert [row[0] for row in rows] == list(first.WAYS)
+    assert rows[0][2] == "1.00x"
+    assert all(float(row[1]) > 0 for row in rows)

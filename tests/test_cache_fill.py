@@ -61,13 +61,25 @@ def test_measuring_takes_at_most_a_fifth_of_the_rows():
     assert sizer.chosen == 128
 
 
-def test_with_few_rows_the_default_is_taken_without_measuring():
-    sizer = BlockSizer(2_000, activation_bytes=1_000)
+def test_with_few_rows_the_fixed_size_is_taken_without_measuring():
+    sizer = BlockSizer(2_000, activation_bytes=100_000)
 
     used = run_sizer(sizer, 2_000, lambda size: 1.0)
 
-    assert sizer.chosen == blocks.DEFAULT
-    assert set(used) == {blocks.DEFAULT}
+    assert sizer.chosen == blocks.fixed_size(100_000) == 256
+    assert set(used) == {256}
+
+
+def test_the_fixed_size_keeps_a_block_within_its_activation_budget():
+    budget = blocks.FIXED_ACTIVATION_BYTES
+    assert blocks.fixed_size(1) == max(blocks.CANDIDATES)
+    # The example's digits: 26 x 26 x 32 float32 activations.
+    assert blocks.fixed_size(26 * 26 * 32 * 4) == 256
+    assert blocks.fixed_size(budget // 128) == 128
+    assert blocks.fixed_size(budget // 128 + 1) == 64
+    # None within the budget: the smallest candidate that fits at all.
+    assert blocks.fixed_size(2**20) == min(blocks.CANDIDATES)
+    assert blocks.fixed_size(blocks.ACTIVATION_BYTES) == blocks.SMALLEST
 
 
 def test_sizes_whose_activation_would_be_too_large_are_not_tried():
@@ -199,11 +211,11 @@ def test_views_of_a_dataset_of_unknown_length_are_joined_in_order():
     cache.close()
 
 
-def test_without_measuring_every_block_takes_the_default():
-    sizer = BlockSizer(100_000, activation_bytes=1_000, measure=False)
+def test_without_measuring_every_block_takes_the_fixed_size():
+    sizer = BlockSizer(100_000, activation_bytes=200_000, measure=False)
     used = run_sizer(sizer, 100_000, {64: 3.0, 128: 9.0, 256: 1.0}.get)
-    assert sizer.chosen == blocks.DEFAULT
-    assert set(used) == {blocks.DEFAULT}
+    assert sizer.chosen == blocks.fixed_size(200_000) == 128
+    assert set(used) == {128}
 
 
 def test_fixed_blocks_give_the_rows_of_a_forward_pass_in_those_blocks():
@@ -215,7 +227,7 @@ def test_fixed_blocks_give_the_rows_of_a_forward_pass_in_those_blocks():
     cache = FeatureCache(
         dense.layers, {"train": x}, memory_limit=2**30, measure_blocks=False
     )
-    size = blocks.DEFAULT
+    size = blocks.fixed_size(300 * 4)
     expected = np.concatenate(
         [dense(x[i : i + size]).numpy() for i in range(0, len(x), size)]
     )
@@ -223,7 +235,7 @@ def test_fixed_blocks_give_the_rows_of_a_forward_pass_in_those_blocks():
     np.testing.assert_array_equal(cache.features["train"].numpy(), expected)
 
 
-def test_a_seeded_run_fills_in_fixed_blocks():
+def test_a_run_seeded_or_not_fills_in_fixed_blocks():
     from transferkit import LayerGroup, TransferRun
 
     def run(seed):
@@ -233,4 +245,4 @@ def test_a_seeded_run_fills_in_fixed_blocks():
         return TransferRun(model, optimizer="adam", loss="mse", seed=seed)
 
     assert run(0)._runner.training_options.measure_blocks is False
-    assert run(None)._runner.training_options.measure_blocks is True
+    assert run(None)._runner.training_options.measure_blocks is False

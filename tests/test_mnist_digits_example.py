@@ -119,6 +119,17 @@ def test_fast_turns_on_every_speed_up_and_the_report_says_so(
     assert fine_tune["frozen_unchanged"] is True
 
 
+def test_fast_prefers_onednn_unless_the_variable_is_set(example):
+    environ = {}
+    assert example.prefer_onednn(["--epochs", "1"], environ) is False
+    assert environ == {}
+    assert example.prefer_onednn(["--epochs", "1", "--fast"], environ) is True
+    assert environ == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    chosen = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+    assert example.prefer_onednn(["--fast"], chosen) is False
+    assert chosen == {"TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
 def test_fast_takes_explicit_choices_over_its_defaults(example):
     args = example.parse_args(
         ["--fast", "--precision", "float32", "--steps-per-execution", "4"]

@@ -3,17 +3,26 @@ features written into their place.
 
 Block size. The fastest forward pass of a frozen stack is neither the
 largest nor the smallest batch: small ones pay each call's overhead, large
-ones spill their activations out of the CPU's caches. Where it lies depends
-on the layers and the machine (on a 2-core AMD EPYC with AVX2, the example's
-convolutions over digits ran fastest at 128 or 256 samples, MobileNetV2 over
-96x96 images at 64 or 128; `benchmarks/cache_fill.py`), so the fill measures
-it once, on the data itself: each candidate size runs once (to build its
-kernels for that shape), then all are timed in turn over 256 samples each,
-for up to four rounds, and the fastest per sample is kept for the rest.
-Every block measured is part of the fill. Candidates whose largest
+ones spill their activations out of the CPU's caches. A run fills in
+fixed blocks (below). `FeatureCache(measure_blocks=True)` measures the size
+instead, once, on the data itself: each candidate size runs once (to build
+its kernels for that shape), then all are timed in turn over 256 samples
+each, for up to four rounds, and the fastest per sample is kept for the
+rest. Every block measured is part of the fill. Candidates whose largest
 activation would exceed `ACTIVATION_BYTES` are not tried; measuring takes
 at most a fifth of the rows (the largest candidates are dropped first), and
-with too few rows for two candidates, `DEFAULT` is taken.
+with too few rows for two candidates, the fixed size is taken. On a 2-core
+AMD EPYC, measuring cost more than it found: its trials of the slower sizes
+made the digits' fill 6.41 s, against 4.99 s in fixed blocks and 4.69 s
+for the best plain forward pass (`benchmarks/cache_fill.py`).
+
+Fixed size. A fill that does not measure (a run's, which must give the
+same bits every time) takes `fixed_size`: the largest candidate whose
+block's largest activation stays within `FIXED_ACTIVATION_BYTES`. In both
+cases of `benchmarks/cache_fill.py` that is a size measuring found fastest:
+256 digits, whose 26x26x32 activations take 21 MiB a block (128 took 14%
+longer); for MobileNetV2 over 96x96 images, no candidate stays within the
+budget and the smallest, 64 (56 MiB), is taken, which ran as fast as 128.
 
 In place. The cache's rows are written into one array, allocated once and
 aligned as TensorFlow aligns its own buffers, and handed to TensorFlow
@@ -31,7 +40,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["ACTIVATION_BYTES", "BlockSizer", "aligned_empty", "as_tensor"]
+__all__ = [
+    "ACTIVATION_BYTES",
+    "FIXED_ACTIVATION_BYTES",
+    "BlockSizer",
+    "aligned_empty",
+    "as_tensor",
+    "fixed_size",
+]
 
 ACTIVATION_BYTES = 2**28
 """The most bytes a block's largest activation may take (256 MiB)."""
@@ -44,8 +60,9 @@ SMALLEST = 32
 """The size taken when even the smallest candidate's largest activation
 would exceed `ACTIVATION_BYTES`."""
 
-DEFAULT = 128
-"""The size taken when there are too few samples to measure."""
+FIXED_ACTIVATION_BYTES = 2**25
+"""The most bytes a block's largest activation takes in a fill that does
+not measure (32 MiB): blocks that stay in a server CPU's last-level cache."""
 
 ROUND_SAMPLES = 256
 """Samples each candidate runs over in one round of measuring (at least
@@ -58,6 +75,18 @@ _ALIGNMENT = 64  # Bytes: TensorFlow's own (EIGEN_MAX_ALIGN_BYTES).
 
 _POPULATE_BYTES = 2**20
 """From this size on, the cache's memory is mapped with its pages made."""
+
+
+def fixed_size(activation_bytes: int) -> int:
+    """The samples of every block in a fill that does not measure, for
+    `activation_bytes` of one sample's largest activation: the largest
+    candidate within `FIXED_ACTIVATION_BYTES`, else the smallest within
+    `ACTIVATION_BYTES`, else `SMALLEST`."""
+    within = [s for s in CANDIDATES if s * activation_bytes <= FIXED_ACTIVATION_BYTES]
+    if within:
+        return within[-1]
+    fitting = [s for s in CANDIDATES if s * activation_bytes <= ACTIVATION_BYTES]
+    return fitting[0] if fitting else SMALLEST
 
 
 def largest_activation(layers: Sequence[keras.Layer], sample_shape) -> int:
@@ -96,13 +125,12 @@ class BlockSizer:
     `ROUND_SAMPLES` samples, timed (round after round, so that the machine's
     drift touches every candidate alike); then the fastest per sample.
 
-    With `measure=False`, every pass takes `DEFAULT` (or the largest
-    candidate under it that fits): the same blocks, run after run. A
-    matrix product's rows can differ in their last bit with the number of
-    rows it multiplies (a `Dense(128)` over 1,600 inputs, on a 2-core AMD
-    EPYC, gave bitwise the same rows in blocks of 64 and 256, other ones in
-    blocks of 128 and 512), so a run that must repeat bit for bit (one with
-    a seed) fills with fixed blocks.
+    With `measure=False`, every pass takes `fixed_size(activation_bytes)`:
+    the same blocks, run after run. A matrix product's rows can differ in
+    their last bit with the number of rows it multiplies (a `Dense(128)`
+    over 1,600 inputs, on a 2-core AMD EPYC, gave bitwise the same rows in
+    blocks of 64 and 256, other ones in blocks of 128 and 512), so a run
+    that must repeat bit for bit (one with a seed) fills with fixed blocks.
 
     Args:
         rows: the samples to fill.
@@ -131,7 +159,7 @@ class BlockSizer:
         self.chosen: int | None = None
         """The size kept, once measured (or taken without measuring)."""
         if not trials:
-            self.chosen = max([s for s in fitting if s <= DEFAULT] or fitting[:1])
+            self.chosen = fixed_size(activation_bytes)
 
     def next_size(self) -> int:
         """The size of the next forward pass."""

@@ -102,9 +102,12 @@ class TrainingOptions:
     """Augmented views per sample the cache may hold, with augmentation
     layers in front of the frozen groups; 1: none."""
 
-    measure_blocks: bool = True
-    """Measure the cache fill's fastest block size; `False` (a seeded run)
-    fills in fixed blocks, the same bits every time."""
+    measure_blocks: bool = False
+    """Measure the cache fill's fastest block size. Off: a run fills in
+    fixed blocks (`transferkit.cache.blocks.fixed_size`), the same bits every
+    time, and on a 2-core AMD EPYC faster than measuring, whose trials of
+    slower sizes cost more than they found (`benchmarks/cache_fill.py`:
+    4.99 s against 6.41 s for 30,000 digits)."""
 
     distribution: Distribution = dataclasses.field(
         default_factory=lambda: Distribution(None)

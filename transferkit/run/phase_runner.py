@@ -107,7 +107,6 @@ class PhaseRunner:
             training_loop=speed.training_loop,
             steps_per_execution=speed.steps_per_execution,
             distribution=distribution,
-            measure_blocks=settings.seed is None,  # Seeded: the same bits.
         )
 
     @property
