@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import keras
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "examples")]
 import mnist_digits  # noqa: E402
 from machine import cpu_line  # noqa: E402
+from timing import EpochTimes  # noqa: E402
 
 BATCH = 128
 WAYS = {
@@ -43,20 +43,6 @@ WAYS = {
         training_loop="auto", steps_per_execution=32, lean_step=True
     ),
 }
-
-
-class EpochSeconds(keras.callbacks.Callback):
-    """Seconds of each epoch."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.began = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.began)
 
 
 def step_ms(speed: Speed, x, y, epochs: int, seed: int) -> float:
@@ -72,10 +58,10 @@ def step_ms(speed: Speed, x, y, epochs: int, seed: int) -> float:
         seed=seed,
         speed=speed,
     )
-    timer = EpochSeconds()
+    timer = EpochTimes()
     run.train((x, y), epochs=epochs, callbacks=[timer])
     steps = -(-len(x) // BATCH)
-    return statistics.median(timer.seconds[1:]) / steps * 1e3
+    return statistics.median(timer.times[1:]) / steps * 1e3
 
 
 def main(argv=None) -> str:

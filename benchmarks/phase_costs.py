@@ -33,20 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import cache_fill  # noqa: E402
 import head_step  # noqa: E402
 from machine import cpu_line  # noqa: E402
-
-
-class Timings(keras.callbacks.Callback):
-    """Seconds of each epoch."""
-
-    def __init__(self):
-        super().__init__()
-        self.epochs = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.began = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epochs.append(time.perf_counter() - self.began)
+from timing import EpochTimes  # noqa: E402
 
 
 def seconds(function, *args, **kwargs) -> float:
@@ -127,7 +114,7 @@ def main(argv=None) -> str:
         run.train(
             (low.x[first], low.y[first]), epochs=args.epochs, validation_data=low_test
         )
-        epochs = Timings()
+        epochs = EpochTimes()
         result = run.fine_tune(
             high,
             freeze="features",
@@ -153,13 +140,13 @@ def main(argv=None) -> str:
         timing.open()
         checkpoint = seconds(timing.save, model, state)
         timing.close()
-    later = float(np.median(epochs.epochs[1:])) if len(epochs.epochs) > 1 else 0.0
+    later = float(np.median(epochs.times[1:])) if len(epochs.times) > 1 else 0.0
     parts = {
         "checking the data": checking,
         "the cache's forward pass": result.cache_seconds,
-        "first epoch's extra (tracing, first run)": epochs.epochs[0] - later,
-        f"{len(epochs.epochs)} epochs at the later epochs' pace": later
-        * len(epochs.epochs),
+        "first epoch's extra (tracing, first run)": epochs.times[0] - later,
+        f"{len(epochs.times)} epochs at the later epochs' pace": later
+        * len(epochs.times),
         f"{args.epochs + 1} checkpoints": checkpoint * (args.epochs + 1),
         "freeze digests, before and after": digests,
     }
