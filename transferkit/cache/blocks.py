@@ -129,8 +129,8 @@ class BlockSizer:
     the same blocks, run after run. A matrix product's rows can differ in
     their last bit with the number of rows it multiplies (a `Dense(128)`
     over 1,600 inputs, on a 2-core AMD EPYC, gave bitwise the same rows in
-    blocks of 64 and 256, other ones in blocks of 128 and 512), so a run
-    that must repeat bit for bit (one with a seed) fills with fixed blocks.
+    blocks of 64 and 256, other ones in blocks of 128 and 512), so a run,
+    which must repeat bit for bit, fills with fixed blocks.
 
     Args:
         rows: the samples to fill.
